@@ -1,0 +1,202 @@
+"""Typed schemas for the run config, registered with Hydra so mistakes fail at composition.
+
+This module imports no torch or mlflow: `python -m train --help` and `--cfg job` stay fast.
+"""
+
+import difflib
+from dataclasses import dataclass, field, fields, is_dataclass
+from enum import Enum
+from pathlib import Path
+from typing import Any, Optional
+
+from hydra.core.config_store import ConfigStore
+from omegaconf import II, MISSING, DictConfig, OmegaConf, open_dict
+
+# conf/ sits at the repository root, next to src/ (the project is installed editable).
+CONF_DIR = str(Path(__file__).resolve().parents[2] / "conf")
+
+
+class DeviceType(str, Enum):
+    """Where to train: `auto` picks cuda, then mps, then cpu."""
+
+    auto = "auto"
+    cpu = "cpu"
+    cuda = "cuda"
+    mps = "mps"
+
+
+class OnNan(str, Enum):
+    """What to do when the training loss becomes NaN or inf."""
+
+    stop = "stop"
+    ignore = "ignore"
+
+
+@dataclass
+class MLPConfig:
+    _target_: str = "mnistlab.models.MLP"
+    hidden_sizes: list[int] = field(default_factory=lambda: [512, 512])
+    dropout: float = 0.0
+
+
+@dataclass
+class CNNConfig:
+    _target_: str = "mnistlab.models.CNN"
+    channels: list[int] = field(default_factory=lambda: [32, 64])
+    hidden_size: int = 256
+    dropout: float = 0.25
+
+
+@dataclass
+class AdamConfig:
+    _target_: str = "torch.optim.Adam"
+    lr: float = II("lr")
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
+    eps: float = 1e-8
+    weight_decay: float = 0.0
+
+
+@dataclass
+class AdamWConfig:
+    _target_: str = "torch.optim.AdamW"
+    lr: float = II("lr")
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
+    eps: float = 1e-8
+    weight_decay: float = 0.01
+
+
+@dataclass
+class SGDConfig:
+    _target_: str = "torch.optim.SGD"
+    lr: float = II("lr")
+    momentum: float = 0.9
+    nesterov: bool = False
+    weight_decay: float = 0.0
+
+
+@dataclass
+class TorchvisionDataConfig:
+    _target_: str = "mnistlab.data.load_torchvision"
+    dataset: str = "torchvision.datasets.MNIST"
+    root: str = "./data"
+    download: bool = True
+    val_size: int = 5000
+    mean: float = 0.1307
+    std: float = 0.3081
+
+
+@dataclass
+class SyntheticDataConfig:
+    _target_: str = "mnistlab.data.make_synthetic"
+    train_size: int = 3000
+    test_size: int = 1000
+    val_size: int = 500
+    noise: float = 60.0
+    mean: float = 0.1
+    std: float = 0.2
+
+
+@dataclass
+class DeviceConfig:
+    type: DeviceType = DeviceType.auto
+
+
+@dataclass
+class TrainConfig:
+    log_every: int = 100
+    eval_batch_size: int = 1000
+    on_nan: OnNan = OnNan.stop
+
+
+@dataclass
+class MlflowConfig:
+    tracking_uri: Optional[str] = None
+    experiment: str = "mnistlab"
+    run_name: Optional[str] = None
+
+
+@dataclass
+class Config:
+    model: Any = MISSING
+    optimizer: Any = MISSING
+    data: Any = MISSING
+    device: DeviceConfig = field(default_factory=DeviceConfig)
+    lr: float = 1e-3
+    batch_size: int = 64
+    epochs: int = 10
+    seed: int = 0
+    train: TrainConfig = field(default_factory=TrainConfig)
+    mlflow: MlflowConfig = field(default_factory=MlflowConfig)
+
+
+def register() -> None:
+    """Register the schemas that conf/*.yaml extend through their defaults lists."""
+    cs = ConfigStore.instance()
+    cs.store(name="config_schema", node=Config)
+    cs.store(group="model", name="mlp_schema", node=MLPConfig)
+    cs.store(group="model", name="cnn_schema", node=CNNConfig)
+    cs.store(group="optimizer", name="adam_schema", node=AdamConfig)
+    cs.store(group="optimizer", name="adamw_schema", node=AdamWConfig)
+    cs.store(group="optimizer", name="sgd_schema", node=SGDConfig)
+    cs.store(group="data", name="torchvision_schema", node=TorchvisionDataConfig)
+    cs.store(group="data", name="synthetic_schema", node=SyntheticDataConfig)
+
+
+class ConfigError(ValueError):
+    """A config value that composes but cannot work; the message names the key and the fix."""
+
+
+def unknown_keys(node: DictConfig, prefix: str = "") -> list[str]:
+    """Errors for keys that no schema declares (Hydra lets `+key=value` add them)."""
+    errors = []
+    schema = OmegaConf.get_type(node)
+    if is_dataclass(schema):
+        allowed = [f.name for f in fields(schema)]
+        for key in node:
+            if key not in allowed:
+                near = difflib.get_close_matches(str(key), allowed, n=1)
+                hint = f"did you mean {prefix}{near[0]}?" if near else f"known keys: {allowed}"
+                errors.append(f"{prefix}{key} is not a known key: {hint}")
+    for key in node:
+        child = node._get_node(key)
+        if isinstance(child, DictConfig) and not child._is_missing():
+            errors += unknown_keys(child, f"{prefix}{key}.")
+    return errors
+
+
+def validate(cfg: DictConfig) -> None:
+    """Check what types alone cannot (added keys, value ranges), before anything is loaded."""
+    errors = unknown_keys(cfg)
+    if errors:
+        raise ConfigError(errors[0])
+    checks = [
+        ("lr", cfg.lr > 0, "a positive learning rate, e.g. lr=1e-3"),
+        ("batch_size", cfg.batch_size >= 1, "an integer >= 1, e.g. batch_size=64"),
+        ("epochs", cfg.epochs >= 1, "an integer >= 1, e.g. epochs=10"),
+        ("data.val_size", cfg.data.val_size >= 1, "an integer >= 1, e.g. data.val_size=5000"),
+        ("train.log_every", cfg.train.log_every >= 1, "an integer >= 1, e.g. train.log_every=100"),
+        ("train.eval_batch_size", cfg.train.eval_batch_size >= 1, "an integer >= 1"),
+    ]
+    for key, ok, allowed in checks:
+        if not ok:
+            raise ConfigError(f"{key}={OmegaConf.select(cfg, key)} is invalid: use {allowed}")
+
+
+def compose(overrides: Optional[list[str]] = None) -> DictConfig:
+    """Compose the run config as `python -m train` would, for use from Python and tests.
+
+    Hydra's runtime info (the group choices and overrides) is recorded so that
+    `mnistlab.engine.train` logs the same MLflow record as the CLI.
+    """
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_dir
+    from hydra.core.hydra_config import HydraConfig
+
+    register()
+    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
+        full = hydra_compose("config", overrides=overrides or [], return_hydra_config=True)
+    HydraConfig.instance().set_config(full)
+    cfg = full.copy()
+    with open_dict(cfg):
+        del cfg["hydra"]
+    return cfg

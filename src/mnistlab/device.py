@@ -1,0 +1,30 @@
+"""Resolve `cfg.device` to a torch device, failing at setup when the hardware is not there."""
+
+import torch
+from omegaconf import DictConfig
+
+from mnistlab.config import ConfigError, DeviceType
+
+
+def _mps_available() -> bool:
+    return hasattr(torch.backends, "mps") and torch.backends.mps.is_available()
+
+
+def resolve_device(device_cfg: DictConfig) -> torch.device:
+    """Turn `device.type` into a torch.device: auto tries cuda, then mps, then cpu."""
+    kind = DeviceType(device_cfg.type)
+    if kind is DeviceType.auto:
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        return torch.device("mps" if _mps_available() else "cpu")
+    if kind is DeviceType.cuda and not torch.cuda.is_available():
+        raise ConfigError(
+            f"device=cuda is unavailable: torch {torch.__version__} finds no CUDA GPU here; "
+            "use device=auto or device=cpu"
+        )
+    if kind is DeviceType.mps and not _mps_available():
+        raise ConfigError(
+            "device=mps is unavailable: this is not an Apple-silicon Mac with MPS; "
+            "use device=auto or device=cpu"
+        )
+    return torch.device(kind.value)

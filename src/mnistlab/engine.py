@@ -1,0 +1,153 @@
+"""The training run: build everything from the config, then train, evaluate and log each epoch."""
+
+import logging
+import math
+import random
+import time
+from datetime import datetime
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from hydra.errors import InstantiationException
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+from torch import nn
+from tqdm import tqdm
+from tqdm.contrib.logging import logging_redirect_tqdm
+
+from mnistlab import tracking
+from mnistlab.checkpoint import atomic_write, save_state_dict
+from mnistlab.config import ConfigError, OnNan, validate
+from mnistlab.data import Dataset, Split, batches
+from mnistlab.device import resolve_device
+
+log = logging.getLogger(__name__)
+
+
+class NonFiniteLossError(FloatingPointError):
+    """The training loss became NaN or inf (with train.on_nan=stop)."""
+
+
+def build(node: DictConfig, **kwargs):
+    """`instantiate`, letting a component's ConfigError through unwrapped so the CLI can show it."""
+    try:
+        return instantiate(node, **kwargs)
+    except InstantiationException as err:
+        if isinstance(err.__cause__, ConfigError):
+            raise err.__cause__ from None
+        raise
+
+
+def seed_everything(seed: int) -> None:
+    """Seed Python, NumPy and torch (all devices)."""
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def epoch_generator(seed: int, epoch: int) -> torch.Generator:
+    """The shuffling RNG of one epoch: a function of (seed, epoch) alone, so any epoch can be replayed."""
+    return torch.Generator().manual_seed(seed * 1_000_003 + epoch)
+
+
+def check_finite(loss: float, where: str, on_nan: OnNan) -> None:
+    """Raise NonFiniteLossError for a NaN or inf loss unless train.on_nan=ignore."""
+    if on_nan is OnNan.stop and not math.isfinite(loss):
+        raise NonFiniteLossError(
+            f"train loss is {loss} at {where}: lower lr, or set train.on_nan=ignore to keep going"
+        )
+
+
+@torch.inference_mode()
+def evaluate(model: nn.Module, data: Dataset, split: Split, batch_size: int) -> dict[str, float]:
+    """Mean cross-entropy loss and accuracy of `model` over `split`."""
+    model.eval()
+    loss_sum = torch.zeros((), device=split.labels.device)
+    correct = torch.zeros((), dtype=torch.long, device=split.labels.device)
+    for images, labels in batches(split, batch_size):
+        logits = model(data.inputs(images))
+        loss_sum += F.cross_entropy(logits, labels, reduction="sum")
+        correct += (logits.argmax(dim=1) == labels).sum()
+    return {"loss": loss_sum.item() / len(split), "acc": correct.item() / len(split)}
+
+
+def train_epoch(model, data, optimizer, cfg: DictConfig, epoch: int, step_losses: list) -> dict:
+    """One pass over the shuffled train split; appends (global step, loss) every log_every steps."""
+    model.train()
+    split, every = data.train, cfg.train.log_every
+    steps = math.ceil(len(split) / cfg.batch_size)
+    loss_sum = torch.zeros((), device=split.labels.device)
+    correct = torch.zeros((), dtype=torch.long, device=split.labels.device)
+    bar = tqdm(total=steps, desc=f"epoch {epoch}/{cfg.epochs}", disable=None, leave=False)
+    for i, (images, labels) in enumerate(
+        batches(split, cfg.batch_size, epoch_generator(cfg.seed, epoch)), start=1
+    ):
+        logits = model(data.inputs(images))
+        loss = F.cross_entropy(logits, labels)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        loss_sum += loss.detach() * len(labels)
+        correct += (logits.detach().argmax(dim=1) == labels).sum()
+        bar.update()
+        if i % every == 0:  # the only host sync inside the epoch
+            value = loss.item()
+            check_finite(value, f"epoch {epoch} step {i}", cfg.train.on_nan)
+            step_losses.append(((epoch - 1) * steps + i, value))
+            bar.set_postfix(loss=f"{value:.4f}")
+            log.info(
+                f"Epoch [{epoch:>3d} / {cfg.epochs:>3d}] Step [{i:>6d} / {steps:>6d}] "
+                f"Loss: {value:>7f}"
+            )
+    bar.close()
+    metrics = {"loss": loss_sum.item() / len(split), "acc": correct.item() / len(split)}
+    check_finite(metrics["loss"], f"the end of epoch {epoch}", cfg.train.on_nan)
+    return metrics
+
+
+def train(cfg: DictConfig, output_dir: str | Path | None = None) -> float:
+    """Train the configured model, record the run in MLflow, and return its best val accuracy."""
+    validate(cfg)
+    output_dir = Path(
+        output_dir
+        or tracking.hydra_context()["output_dir"]
+        or Path("outputs", datetime.now().strftime("%Y-%m-%d/%H-%M-%S-%f"))
+    )
+    output_dir.mkdir(parents=True, exist_ok=True)
+    seed_everything(cfg.seed)
+    device = resolve_device(cfg.device)
+    data = build(cfg.data, seed=cfg.seed).to(device)
+    model = build(cfg.model, in_shape=data.in_shape, num_classes=data.num_classes).to(device)
+    optimizer = build(cfg.optimizer, params=model.parameters())
+    log.info(f"{type(model).__name__} on {device}: {len(data.train)} train, "
+             f"{len(data.val)} val, {len(data.test)} test samples")
+
+    best_val_acc = -1.0
+    with tracking.start_run(cfg, output_dir, str(device)) as run, logging_redirect_tqdm():
+        log.info(f"MLflow run {run.run_id} in {tracking.tracking_uri(cfg)}")
+        for epoch in range(1, cfg.epochs + 1):
+            step_losses: list[tuple[int, float]] = []
+            start = time.perf_counter()
+            train_m = train_epoch(model, data, optimizer, cfg, epoch, step_losses)
+            epoch_time = time.perf_counter() - start
+            val_m = evaluate(model, data, data.val, cfg.train.eval_batch_size)
+            test_m = evaluate(model, data, data.test, cfg.train.eval_batch_size)
+            metrics = {f"{name}/{key}": value
+                       for name, split_m in (("train", train_m), ("val", val_m), ("test", test_m))
+                       for key, value in split_m.items()}
+            run.log_epoch(epoch, {**metrics, "epoch_time_s": epoch_time}, step_losses)
+            log.info(f"Epoch {epoch}/{cfg.epochs}: " + ", ".join(
+                f"{k} {v:.4f}" for k, v in metrics.items()) + f", {epoch_time:.2f} s")
+            best_val_acc = max(best_val_acc, val_m["acc"])
+
+        save_state_dict(model, output_dir / "model.pth")
+        resolved = OmegaConf.to_yaml(cfg, resolve=True).encode()
+        atomic_write(output_dir / "config.yaml", lambda f: f.write(resolved))
+        run.log_artifact(output_dir / "model.pth")
+        run.log_artifact(output_dir / "config.yaml")
+        run.log_artifact(output_dir / ".hydra", ".hydra")
+        run.log_artifact(output_dir / "train.log")
+    log.info(f"Best val acc {best_val_acc:.4f}; outputs in {output_dir}")
+    return best_val_acc

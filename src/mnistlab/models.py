@@ -1,0 +1,68 @@
+"""Image classifiers. Each takes the input shape and class count from the data at build time."""
+
+from collections.abc import Sequence
+from math import prod
+
+from torch import Tensor, nn
+
+
+class MLP(nn.Module):
+    """The tutorial's network: Flatten, then Linear+ReLU per hidden size, then Linear to logits."""
+
+    def __init__(
+        self,
+        in_shape: Sequence[int],
+        num_classes: int,
+        hidden_sizes: Sequence[int] = (512, 512),
+        dropout: float = 0.0,
+    ):
+        super().__init__()
+        self.flatten = nn.Flatten()
+        layers: list[nn.Module] = []
+        width = prod(in_shape)
+        for size in hidden_sizes:
+            layers += [nn.Linear(width, size), nn.ReLU()]
+            if dropout > 0:
+                layers.append(nn.Dropout(dropout))
+            width = size
+        layers.append(nn.Linear(width, num_classes))
+        self.linear_relu_stack = nn.Sequential(*layers)
+
+    def forward(self, x: Tensor) -> Tensor:
+        """Map a batch of images to class logits."""
+        return self.linear_relu_stack(self.flatten(x))
+
+
+class CNN(nn.Module):
+    """Conv3x3+ReLU+MaxPool2 blocks, then one hidden Linear layer and the classifier."""
+
+    def __init__(
+        self,
+        in_shape: Sequence[int],
+        num_classes: int,
+        channels: Sequence[int] = (32, 64),
+        hidden_size: int = 256,
+        dropout: float = 0.25,
+    ):
+        super().__init__()
+        in_channels, height, width = in_shape
+        blocks: list[nn.Module] = []
+        for out_channels in channels:
+            blocks += [
+                nn.Conv2d(in_channels, out_channels, kernel_size=3, padding=1),
+                nn.ReLU(),
+                nn.MaxPool2d(2),
+            ]
+            in_channels, height, width = out_channels, height // 2, width // 2
+        self.features = nn.Sequential(*blocks)
+        self.classifier = nn.Sequential(
+            nn.Flatten(),
+            nn.Linear(in_channels * height * width, hidden_size),
+            nn.ReLU(),
+            nn.Dropout(dropout),
+            nn.Linear(hidden_size, num_classes),
+        )
+
+    def forward(self, x: Tensor) -> Tensor:
+        """Map a batch of images to class logits."""
+        return self.classifier(self.features(x))

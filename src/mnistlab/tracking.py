@@ -1,0 +1,172 @@
+"""One MLflow run per training run: the store, params, batched metrics, artifacts and final status."""
+
+import signal
+import subprocess
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import DictConfig, OmegaConf
+
+SQLITE_PREFIX = "sqlite:///"
+
+
+def tracking_uri(cfg: DictConfig) -> str:
+    """The store: `mlflow.tracking_uri` (or MLFLOW_TRACKING_URI), else sqlite in <cwd>/mlruns."""
+    return cfg.mlflow.tracking_uri or f"{SQLITE_PREFIX}{Path.cwd() / 'mlruns' / 'mlflow.db'}"
+
+
+def artifact_root(uri: str) -> str | None:
+    """Where a new experiment keeps artifacts: `artifacts/` beside a SQLite file, else the server's choice."""
+    if not uri.startswith(SQLITE_PREFIX):
+        return None
+    db = Path(uri[len(SQLITE_PREFIX) :]).resolve()
+    db.parent.mkdir(parents=True, exist_ok=True)
+    return (db.parent / "artifacts").as_uri()
+
+
+def flatten(node: Any, prefix: str = "") -> dict[str, str]:
+    """Every leaf of a resolved config as {dotted.key: str(value)}; lists stay whole."""
+    if isinstance(node, dict):
+        out: dict[str, str] = {}
+        for key, value in node.items():
+            out.update(flatten(value, f"{prefix}{key}."))
+        return out
+    return {prefix.rstrip("."): str(node)}
+
+
+def hydra_context() -> dict[str, Any]:
+    """Group choices, overrides and output dir of the current Hydra job, where there is one."""
+    if not HydraConfig.initialized():
+        return {"choices": {}, "overrides": [], "output_dir": None}
+    hc = HydraConfig.get()
+    runtime = hc.runtime
+    return {
+        "choices": {k: v for k, v in runtime.choices.items() if not k.startswith("hydra/")},
+        "overrides": list(hc.overrides.task),
+        "output_dir": None if OmegaConf.is_missing(runtime, "output_dir") else runtime.output_dir,
+    }
+
+
+def git_state() -> dict[str, str]:
+    """The commit of the mnistlab checkout and whether it has uncommitted changes, if it is a git repo."""
+    src = Path(__file__).resolve().parent
+
+    def git(*args: str) -> str:
+        return subprocess.run(
+            ["git", "-C", str(src), *args], capture_output=True, text=True, timeout=10, check=True
+        ).stdout.strip()
+
+    try:
+        sha = git("rev-parse", "HEAD")
+        dirty = bool(git("status", "--porcelain", "--untracked-files=no"))
+    except (OSError, subprocess.SubprocessError):
+        return {}
+    return {"mlflow.source.git.commit": sha, "git.dirty": str(dirty).lower()}
+
+
+class Run:
+    """A live MLflow run: metrics go out in one batch per epoch."""
+
+    def __init__(self, client: Any, run_id: str):
+        self.client = client
+        self.run_id = run_id
+
+    def log_epoch(
+        self, epoch: int, metrics: dict[str, float], step_losses: list[tuple[int, float]]
+    ) -> None:
+        """Log an epoch's metrics (step = epoch) and its `train/step_loss` points in one request."""
+        from mlflow.entities import Metric
+
+        now = int(time.time() * 1000)
+        batch = [Metric(key, float(value), now, epoch) for key, value in metrics.items()]
+        batch += [Metric("train/step_loss", loss, now, step) for step, loss in step_losses]
+        self.client.log_batch(self.run_id, metrics=batch, synchronous=True)
+
+    def log_artifact(self, path: Path, artifact_path: str | None = None) -> None:
+        """Upload a file, or a folder's contents, to the run's artifacts."""
+        if path.is_dir():
+            self.client.log_artifacts(self.run_id, str(path), artifact_path)
+        elif path.exists():
+            self.client.log_artifact(self.run_id, str(path), artifact_path)
+
+    def set_tag(self, key: str, value: str) -> None:
+        """Set one run tag."""
+        self.client.set_tag(self.run_id, key, value)
+
+
+def get_experiment_id(client: Any, name: str, uri: str) -> str:
+    """The id of experiment `name`, creating it (with artifacts beside a SQLite store) if needed."""
+    from mlflow.exceptions import MlflowException
+
+    experiment = client.get_experiment_by_name(name)
+    if experiment is not None:
+        return experiment.experiment_id
+    try:
+        return client.create_experiment(name, artifact_location=artifact_root(uri))
+    except MlflowException:  # another process created it first
+        return client.get_experiment_by_name(name).experiment_id
+
+
+class Terminated(KeyboardInterrupt):
+    """Raised in the main thread on SIGTERM, so the run ends as KILLED instead of RUNNING."""
+
+
+@contextmanager
+def _sigterm_raises() -> Iterator[None]:
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def handler(signum: int, frame: Any) -> None:
+        raise Terminated(f"received signal {signal.Signals(signum).name}")
+
+    previous = signal.signal(signal.SIGTERM, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+@contextmanager
+def start_run(cfg: DictConfig, output_dir: Path, device: str) -> Iterator[Run]:
+    """Open an MLflow run holding cfg's params and tags; end it FINISHED, FAILED or KILLED."""
+    from mlflow import MlflowClient
+    from mlflow.entities import Param, RunStatus
+    from mlflow.tracking.context.registry import resolve_tags
+
+    uri = tracking_uri(cfg)
+    client = MlflowClient(tracking_uri=uri)
+    experiment_id = get_experiment_id(client, cfg.mlflow.experiment, uri)
+    context = hydra_context()
+    tags = resolve_tags(
+        {
+            **git_state(),
+            "hydra.output_dir": str(output_dir),
+            "hydra.overrides": " ".join(context["overrides"]),
+            "device": device,
+        }
+    )
+    run = client.create_run(experiment_id, tags=tags, run_name=cfg.mlflow.run_name)
+    run_id = run.info.run_id
+    params = {**flatten(OmegaConf.to_container(cfg, resolve=True)), **context["choices"]}
+    status = RunStatus.FAILED
+    try:
+        with _sigterm_raises():
+            client.log_batch(run_id, params=[Param(k, v) for k, v in params.items()])
+            yield Run(client, run_id)
+        status = RunStatus.FINISHED
+    except KeyboardInterrupt as err:
+        status = RunStatus.KILLED
+        client.set_tag(run_id, "failure_reason", f"{type(err).__name__}: {err}")
+        raise
+    except Exception as err:
+        client.set_tag(run_id, "failure_reason", f"{type(err).__name__}: {err}"[:5000])
+        raise
+    finally:
+        client.set_terminated(run_id, RunStatus.to_string(status))
+

@@ -1,0 +1,59 @@
+"""Shared fixtures: the real datasets from ../shared/data, a temp MLflow store, and the CLI."""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from mlflow import MlflowClient
+
+REPO = Path(__file__).resolve().parents[1]
+DATA_ROOT = Path(os.environ.get("MNISTLAB_DATA", REPO.parent / "shared" / "data")).resolve()
+
+
+@pytest.fixture(scope="session")
+def data_root() -> Path:
+    """The folder holding MNIST/raw and FashionMNIST/raw; a missing dataset fails, never skips."""
+    for name in ("MNIST", "FashionMNIST"):
+        if not (DATA_ROOT / name / "raw" / "train-images-idx3-ubyte").exists():
+            pytest.fail(
+                f"{name} not found under {DATA_ROOT}: set MNISTLAB_DATA to the folder "
+                f"holding {name}/raw (../shared/data in this project's checkouts)"
+            )
+    return DATA_ROOT
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> str:
+    """A fresh SQLite MLflow store in a temp dir."""
+    return f"sqlite:///{tmp_path / 'store' / 'mlflow.db'}"
+
+
+def run_cli(args: list[str], cwd: Path, timeout: float = 600, **env: str):
+    """Run `python -m train ARGS` in `cwd` as a user would, with MNISTLAB_DATA set."""
+    environ = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
+    environ.update({"MNISTLAB_DATA": str(DATA_ROOT), "PYTHONUNBUFFERED": "1", **env})
+    return subprocess.run(
+        [sys.executable, "-m", "train", *args],
+        cwd=cwd,
+        env=environ,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
+def only_run(uri: str, experiment: str = "mnistlab"):
+    """The single run of `experiment` in the store at `uri` (fails if there are more or none)."""
+    client = MlflowClient(tracking_uri=uri)
+    exp = client.get_experiment_by_name(experiment)
+    assert exp is not None, f"no experiment {experiment!r} in {uri}"
+    runs = client.search_runs([exp.experiment_id])
+    assert len(runs) == 1, f"expected one run, found {len(runs)}"
+    return client, runs[0]
+
+
+def history(client: MlflowClient, run_id: str, key: str) -> list[tuple[int, float]]:
+    """A metric's (step, value) points in step order."""
+    return sorted((m.step, m.value) for m in client.get_metric_history(run_id, key))

@@ -1,0 +1,180 @@
+"""Every config option composes and instantiates; bad types and unknown keys fail at composition."""
+
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import REPO, run_cli
+from hydra.errors import HydraException
+from omegaconf.errors import OmegaConfBaseException
+
+from mnistlab.config import ConfigError, compose, validate
+from mnistlab.data import Dataset
+from mnistlab.device import resolve_device
+from mnistlab.engine import build
+
+GROUPS = {
+    group: sorted(p.stem for p in (REPO / "conf" / group).glob("*.yaml"))
+    for group in ("model", "optimizer", "data", "device")
+}
+
+
+def test_groups_hold_the_documented_options():
+    assert GROUPS == {
+        "model": ["cnn", "mlp"],
+        "optimizer": ["adam", "adamw", "sgd"],
+        "data": ["fashion_mnist", "mnist", "synthetic"],
+        "device": ["auto", "cpu", "cuda", "mps"],
+    }
+
+
+def test_defaults_are_the_tutorial_recipe():
+    cfg = compose()
+    assert (cfg.lr, cfg.batch_size, cfg.epochs, cfg.seed) == (1e-3, 64, 10, 0)
+    assert cfg.model._target_ == "mnistlab.models.MLP"
+    assert list(cfg.model.hidden_sizes) == [512, 512]
+    assert cfg.optimizer._target_ == "torch.optim.Adam"
+    assert cfg.data.dataset == "torchvision.datasets.MNIST"
+    assert (cfg.data.val_size, cfg.data.download) == (5000, True)
+    assert cfg.device.type.value == "auto"
+    assert cfg.mlflow.experiment == "mnistlab"
+
+
+@pytest.mark.parametrize("option", GROUPS["model"])
+def test_every_model_builds_and_maps_images_to_logits(option):
+    cfg = compose([f"model={option}"])
+    model = build(cfg.model, in_shape=(1, 28, 28), num_classes=10)
+    assert model(torch.zeros(3, 1, 28, 28)).shape == (3, 10)
+
+
+def test_mlp_is_the_tutorials_784_512_512_10():
+    model = build(compose().model, in_shape=(1, 28, 28), num_classes=10)
+    linears = [m for m in model.modules() if isinstance(m, torch.nn.Linear)]
+    assert [(m.in_features, m.out_features) for m in linears] == [(784, 512), (512, 512), (512, 10)]
+    assert sum(isinstance(m, torch.nn.ReLU) for m in model.modules()) == 2
+
+
+def test_mlp_hidden_sizes_are_configurable():
+    cfg = compose(["model.hidden_sizes=[64,32,16]"])
+    model = build(cfg.model, in_shape=(1, 28, 28), num_classes=10)
+    linears = [m for m in model.modules() if isinstance(m, torch.nn.Linear)]
+    assert [m.out_features for m in linears] == [64, 32, 16, 10]
+
+
+@pytest.mark.parametrize("option", GROUPS["optimizer"])
+def test_every_optimizer_builds_and_takes_the_top_level_lr(option):
+    cfg = compose([f"optimizer={option}", "lr=0.0123"])
+    optimizer = build(cfg.optimizer, params=[torch.nn.Parameter(torch.zeros(2))])
+    assert type(optimizer).__name__.lower() == option
+    assert optimizer.param_groups[0]["lr"] == pytest.approx(0.0123)
+    if option == "sgd":
+        assert optimizer.param_groups[0]["momentum"] == 0.9
+
+
+@pytest.mark.parametrize("option", GROUPS["data"])
+def test_every_dataset_loads_with_a_seeded_val_split(option, data_root):
+    cfg = compose([f"data={option}", f"data.root={data_root}"] if option != "synthetic" else
+                  [f"data={option}"])
+    data = build(cfg.data, seed=0)
+    assert isinstance(data, Dataset)
+    assert data.in_shape == (1, 28, 28) and data.num_classes == 10
+    assert len(data.val) == cfg.data.val_size
+    assert data.train.images.dtype == torch.uint8
+    if option != "synthetic":
+        assert (len(data.train), len(data.test)) == (55_000, 10_000)
+    again, other = build(cfg.data, seed=0), build(cfg.data, seed=1)
+    assert torch.equal(again.val.labels, data.val.labels)
+    assert torch.equal(again.val.images, data.val.images)
+    assert not torch.equal(other.val.images, data.val.images)
+    # val and train together are the original training set, with no overlap
+    assert len(data.train) + len(data.val) == (60_000 if option != "synthetic" else 3000)
+
+
+def test_synthetic_data_is_learnable_but_not_constant():
+    data = build(compose(["data=synthetic"]).data, seed=0)
+    assert sorted(data.train.labels.unique().tolist()) == list(range(10))
+    assert data.train.images.float().std() > 20
+
+
+@pytest.mark.parametrize("option", GROUPS["device"])
+def test_every_device_resolves_or_says_it_is_unavailable(option):
+    cfg = compose([f"device={option}"])
+    available = {
+        "auto": True,
+        "cpu": True,
+        "cuda": torch.cuda.is_available(),
+        "mps": torch.backends.mps.is_available(),
+    }[option]
+    if available:
+        assert resolve_device(cfg.device).type in {"cpu", "cuda", "mps"}
+    else:
+        with pytest.raises(ConfigError, match=f"device={option} is unavailable"):
+            resolve_device(cfg.device)
+
+
+def test_auto_device_prefers_cuda_then_mps_then_cpu():
+    expected = "cuda" if torch.cuda.is_available() else (
+        "mps" if torch.backends.mps.is_available() else "cpu")
+    assert resolve_device(compose(["device=auto"]).device).type == expected
+
+
+def test_data_root_comes_from_mnistlab_data_and_the_override_beats_it(monkeypatch, tmp_path):
+    monkeypatch.setenv("MNISTLAB_DATA", str(tmp_path))
+    assert compose().data.root == str(tmp_path)
+    assert compose(["data.root=/elsewhere"]).data.root == "/elsewhere"
+    monkeypatch.delenv("MNISTLAB_DATA")
+    assert compose().data.root == "./data"
+
+
+@pytest.mark.parametrize(
+    "override",
+    ["lr=abc", "batch_size=1.5", "epochs=ten", "model.foo=1", "model.hidden_sizes=[a]",
+     "device.type=gpu", "device=gpu", "model=resnet", "train.on_nan=maybe", "seed=x"],
+)
+def test_wrong_types_and_unknown_keys_fail_at_composition(override):
+    with pytest.raises((HydraException, OmegaConfBaseException)):
+        compose([override])
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ("+optimzer.lr=1", "optimzer is not a known key: did you mean optimizer?"),
+        ("+model.hiden_sizes=[3]", "model.hiden_sizes is not a known key: did you mean "
+                                   "model.hidden_sizes?"),
+        ("lr=0", "lr=0.0 is invalid"),
+        ("batch_size=0", "batch_size=0 is invalid"),
+        ("epochs=-1", "epochs=-1 is invalid"),
+        ("data.val_size=0", "data.val_size=0 is invalid"),
+    ],
+)
+def test_added_keys_and_bad_values_fail_validation(override, message):
+    with pytest.raises(ConfigError) as err:
+        validate(compose([override]))
+    assert message in str(err.value)
+
+
+def test_cli_prints_the_composed_config_without_training(tmp_path: Path):
+    result = run_cli(["--cfg", "job", "model=cnn", "lr=0.5"], cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert "_target_: mnistlab.models.CNN" in result.stdout
+    assert "lr: 0.5" in result.stdout
+    assert not (tmp_path / "mlruns").exists()
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["+optimzer.lr=1"], "Error: optimzer is not a known key: did you mean optimizer?"),
+        (["lr=-1", "data=synthetic"], "Error: lr=-1.0 is invalid"),
+        (["data.root=/nonexistent", "data.download=false"],
+         "Error: data.root=/nonexistent: no MNIST in /nonexistent/MNIST/raw"),
+    ],
+)
+def test_cli_setup_errors_are_one_line_with_exit_2_and_no_run(tmp_path: Path, args, message):
+    result = run_cli(args, cwd=tmp_path)
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == [result.stderr.strip()]
+    assert result.stderr.startswith(message)
+    assert "Traceback" not in result.stderr + result.stdout
+    assert not (tmp_path / "mlruns").exists()

@@ -1,0 +1,155 @@
+"""End-to-end runs on synthetic data, through the CLI and the Python function, checked in MLflow."""
+
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from conftest import DATA_ROOT, history, only_run, run_cli
+from mlflow import MlflowClient
+from omegaconf import OmegaConf
+
+from mnistlab.config import compose
+from mnistlab.engine import NonFiniteLossError, build, evaluate, train
+
+EPOCH_METRICS = ["train/loss", "train/acc", "val/loss", "val/acc", "test/loss", "test/acc",
+                 "epoch_time_s"]
+FAST = ["data=synthetic", "epochs=2", "train.log_every=10", "device=cpu"]
+
+
+def reevaluate(client: MlflowClient, run_id: str, dst: Path) -> float:
+    """Rebuild data and model from the run's own config.yaml and model.pth; return test accuracy."""
+    cfg = OmegaConf.load(client.download_artifacts(run_id, "config.yaml", str(dst)))
+    data = build(cfg.data, seed=cfg.seed)
+    model = build(cfg.model, in_shape=data.in_shape, num_classes=data.num_classes)
+    model.load_state_dict(torch.load(client.download_artifacts(run_id, "model.pth", str(dst))))
+    return evaluate(model, data, data.test, 1000)["acc"]
+
+
+def check_record(client: MlflowClient, run, epochs: int, tmp_path: Path) -> None:
+    """The MLflow record the foundation issue promises, for a finished synthetic MLP run."""
+    assert run.info.status == "FINISHED"
+    params = run.data.params
+    assert params["lr"] == "0.001" and params["batch_size"] == "64"
+    assert params["epochs"] == str(epochs) and params["seed"] == "0"
+    assert params["model.hidden_sizes"] == "[512, 512]"
+    assert params["optimizer.lr"] == "0.001"  # interpolations are logged resolved
+    assert params["model._target_"] == "mnistlab.models.MLP"
+    assert (params["model"], params["optimizer"], params["data"], params["device"]) == (
+        "mlp", "adam", "synthetic", "cpu")
+    for key in EPOCH_METRICS:
+        assert [s for s, _ in history(client, run.info.run_id, key)] == list(range(1, epochs + 1))
+    steps_per_epoch = -(-2500 // 64)
+    step_losses = history(client, run.info.run_id, "train/step_loss")
+    assert [s for s, _ in step_losses] == [
+        e * steps_per_epoch + i for e in range(epochs) for i in range(10, steps_per_epoch + 1, 10)]
+    assert all(v > 0 for _, v in step_losses)
+    assert 0 < run.data.metrics["epoch_time_s"] < 60
+    artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
+    assert {"model.pth", "config.yaml", ".hydra"} <= artifacts
+    hydra_files = {a.path for a in client.list_artifacts(run.info.run_id, ".hydra")}
+    assert ".hydra/overrides.yaml" in hydra_files
+    assert run.data.tags["device"] == "cpu"
+    assert Path(run.data.tags["hydra.output_dir"]).is_dir()
+    assert len(run.data.tags["mlflow.source.git.commit"]) == 40
+    logged = run.data.metrics["test/acc"]
+    assert logged > 0.8
+    assert reevaluate(client, run.info.run_id, tmp_path) == pytest.approx(logged, abs=1e-9)
+
+
+def test_cli_run_records_everything_in_the_cwd_store(tmp_path):
+    result = run_cli([*FAST, "model.hidden_sizes=[512,512]"], cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    log = result.stdout + result.stderr
+    assert "Epoch [  1 /   2] Step [    10 /     40] Loss:" in log  # the tutorial's line
+    db = tmp_path / "mlruns" / "mlflow.db"
+    assert db.exists() and (tmp_path / "outputs").is_dir()
+    client, run = only_run(f"sqlite:///{db}")
+    assert run.info.artifact_uri.startswith((tmp_path / "mlruns" / "artifacts").as_uri())
+    check_record(client, run, epochs=2, tmp_path=tmp_path)
+    assert run.data.tags["hydra.overrides"].startswith("data=synthetic epochs=2")
+    assert Path(run.data.tags["hydra.output_dir"]).parent.parent == tmp_path / "outputs"
+
+
+def test_python_function_gives_the_same_record_and_returns_best_val_acc(tmp_path, store):
+    cfg = compose([*FAST, f"mlflow.tracking_uri={store}"])
+    best = train(cfg, output_dir=tmp_path / "out")
+    client, run = only_run(store)
+    check_record(client, run, epochs=2, tmp_path=tmp_path)
+    assert best == max(v for _, v in history(client, run.info.run_id, "val/acc"))
+    assert (tmp_path / "out" / "model.pth").exists()
+
+
+def test_mlflow_tracking_uri_env_var_picks_the_store(tmp_path, store):
+    result = run_cli([*FAST, "epochs=1"], cwd=tmp_path, MLFLOW_TRACKING_URI=store)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert not (tmp_path / "mlruns").exists()
+    assert only_run(store)[1].info.status == "FINISHED"
+
+
+def test_same_seed_reproduces_exactly_on_cpu_and_another_seed_differs(tmp_path, store):
+    def run(seed: int, name: str):
+        train(compose([*FAST, f"seed={seed}", f"mlflow.tracking_uri={store}"]),
+              output_dir=tmp_path / name)
+        weights = torch.load(tmp_path / name / "model.pth")
+        return weights
+
+    first, again, other = run(0, "a"), run(0, "b"), run(1, "c")
+    assert all(torch.equal(first[k], again[k]) for k in first)
+    assert not torch.equal(first["linear_relu_stack.0.weight"], other["linear_relu_stack.0.weight"])
+    client = MlflowClient(tracking_uri=store)
+    runs = client.search_runs([client.get_experiment_by_name("mnistlab").experiment_id],
+                              order_by=["attributes.start_time ASC"])
+    curves = [[v for _, v in history(client, r.info.run_id, "train/step_loss")] for r in runs]
+    assert curves[0] == curves[1] != curves[2]
+
+
+def test_exploding_loss_fails_the_run_with_the_reason(tmp_path, store):
+    cfg = compose([*FAST, "optimizer=sgd", "lr=1e6", f"mlflow.tracking_uri={store}"])
+    with pytest.raises(NonFiniteLossError, match="train loss is (nan|inf)"):
+        train(cfg, output_dir=tmp_path / "out")
+    _, run = only_run(store)
+    assert run.info.status == "FAILED"
+    assert run.data.tags["failure_reason"].startswith("NonFiniteLossError: train loss is")
+
+
+def test_cli_failure_exits_non_zero_and_marks_the_run_failed(tmp_path):
+    result = run_cli([*FAST, "optimizer=sgd", "lr=1e6"], cwd=tmp_path)
+    assert result.returncode != 0
+    assert "train loss is" in result.stderr
+    _, run = only_run(f"sqlite:///{tmp_path / 'mlruns' / 'mlflow.db'}")
+    assert run.info.status == "FAILED"
+
+
+def test_sigterm_ends_the_run_as_killed_not_running(tmp_path):
+    db = tmp_path / "mlruns" / "mlflow.db"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "train", "data=synthetic", "epochs=1000", "device=cpu"],
+        cwd=tmp_path, env={"MNISTLAB_DATA": str(DATA_ROOT), "PATH": "/usr/bin:/bin"},
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+    )
+    try:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:  # wait until the run has logged its first epoch
+            if db.exists():
+                with sqlite3.connect(db) as con:
+                    try:
+                        if con.execute("select count(*) from metrics").fetchone()[0]:
+                            break
+                    except sqlite3.OperationalError:
+                        pass
+            time.sleep(0.2)
+        else:
+            pytest.fail("the run never logged a metric")
+        proc.send_signal(signal.SIGTERM)
+        _, stderr = proc.communicate(timeout=60)
+    finally:
+        proc.kill()
+    assert proc.returncode != 0
+    _, run = only_run(f"sqlite:///{db}")
+    assert run.info.status == "KILLED", stderr[-2000:]
+    assert "SIGTERM" in run.data.tags["failure_reason"]
