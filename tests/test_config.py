@@ -4,10 +4,10 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import REPO, run_cli
 from hydra.errors import HydraException
 from omegaconf.errors import OmegaConfBaseException
 
+from conftest import REPO, run_cli
 from mnistlab.config import ConfigError, compose, validate
 from mnistlab.data import Dataset
 from mnistlab.device import resolve_device
@@ -73,8 +73,11 @@ def test_every_optimizer_builds_and_takes_the_top_level_lr(option):
 
 @pytest.mark.parametrize("option", GROUPS["data"])
 def test_every_dataset_loads_with_a_seeded_val_split(option, data_root):
-    cfg = compose([f"data={option}", f"data.root={data_root}"] if option != "synthetic" else
-                  [f"data={option}"])
+    cfg = compose(
+        [f"data={option}", f"data.root={data_root}"]
+        if option != "synthetic"
+        else [f"data={option}"]
+    )
     data = build(cfg.data, seed=0)
     assert isinstance(data, Dataset)
     assert data.in_shape == (1, 28, 28) and data.num_classes == 10
@@ -113,8 +116,11 @@ def test_every_device_resolves_or_says_it_is_unavailable(option):
 
 
 def test_auto_device_prefers_cuda_then_mps_then_cpu():
-    expected = "cuda" if torch.cuda.is_available() else (
-        "mps" if torch.backends.mps.is_available() else "cpu")
+    expected = (
+        "cuda"
+        if torch.cuda.is_available()
+        else ("mps" if torch.backends.mps.is_available() else "cpu")
+    )
     assert resolve_device(compose(["device=auto"]).device).type == expected
 
 
@@ -128,8 +134,18 @@ def test_data_root_comes_from_mnistlab_data_and_the_override_beats_it(monkeypatc
 
 @pytest.mark.parametrize(
     "override",
-    ["lr=abc", "batch_size=1.5", "epochs=ten", "model.foo=1", "model.hidden_sizes=[a]",
-     "device.type=gpu", "device=gpu", "model=resnet", "train.on_nan=maybe", "seed=x"],
+    [
+        "lr=abc",
+        "batch_size=1.5",
+        "epochs=ten",
+        "model.foo=1",
+        "model.hidden_sizes=[a]",
+        "device.type=gpu",
+        "device=gpu",
+        "model=resnet",
+        "train.on_nan=maybe",
+        "seed=x",
+    ],
 )
 def test_wrong_types_and_unknown_keys_fail_at_composition(override):
     with pytest.raises((HydraException, OmegaConfBaseException)):
@@ -140,8 +156,10 @@ def test_wrong_types_and_unknown_keys_fail_at_composition(override):
     ("override", "message"),
     [
         ("+optimzer.lr=1", "optimzer is not a known key: did you mean optimizer?"),
-        ("+model.hiden_sizes=[3]", "model.hiden_sizes is not a known key: did you mean "
-                                   "model.hidden_sizes?"),
+        (
+            "+model.hiden_sizes=[3]",
+            "model.hiden_sizes is not a known key: did you mean model.hidden_sizes?",
+        ),
         ("lr=0", "lr=0.0 is invalid"),
         ("batch_size=0", "batch_size=0 is invalid"),
         ("epochs=-1", "epochs=-1 is invalid"),
@@ -167,8 +185,10 @@ def test_cli_prints_the_composed_config_without_training(tmp_path: Path):
     [
         (["+optimzer.lr=1"], "Error: optimzer is not a known key: did you mean optimizer?"),
         (["lr=-1", "data=synthetic"], "Error: lr=-1.0 is invalid"),
-        (["data.root=/nonexistent", "data.download=false"],
-         "Error: data.root=/nonexistent: no MNIST in /nonexistent/MNIST/raw"),
+        (
+            ["data.root=/nonexistent", "data.download=false"],
+            "Error: data.root=/nonexistent: no MNIST in /nonexistent/MNIST/raw",
+        ),
     ],
 )
 def test_cli_setup_errors_are_one_line_with_exit_2_and_no_run(tmp_path: Path, args, message):

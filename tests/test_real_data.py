@@ -1,6 +1,7 @@
 """The real datasets from ../shared/data: the tutorial's MLP, Fashion-MNIST and the CNN."""
 
 import pytest
+
 from conftest import only_run, run_cli
 
 
@@ -36,7 +37,6 @@ def test_cnn_reaches_98_8_percent_on_mnist_within_two_epochs(tmp_path, data_root
 @pytest.mark.parametrize("optimizer", ["sgd", "adamw"])
 def test_other_optimizers_train_the_mlp(tmp_path, data_root, optimizer):
     lr = {"sgd": "0.05", "adamw": "0.001"}[optimizer]
-    _, run = cli_run(tmp_path, "epochs=1", f"optimizer={optimizer}", f"lr={lr}",
-                     "batch_size=128")
+    _, run = cli_run(tmp_path, "epochs=1", f"optimizer={optimizer}", f"lr={lr}", "batch_size=128")
     assert run.data.params["optimizer.lr"] == lr
     assert run.data.metrics["test/acc"] >= 0.95

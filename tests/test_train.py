@@ -9,15 +9,22 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import DATA_ROOT, history, only_run, run_cli
 from mlflow import MlflowClient
 from omegaconf import OmegaConf
 
+from conftest import DATA_ROOT, history, only_run, run_cli
 from mnistlab.config import compose
 from mnistlab.engine import NonFiniteLossError, build, evaluate, train
 
-EPOCH_METRICS = ["train/loss", "train/acc", "val/loss", "val/acc", "test/loss", "test/acc",
-                 "epoch_time_s"]
+EPOCH_METRICS = [
+    "train/loss",
+    "train/acc",
+    "val/loss",
+    "val/acc",
+    "test/loss",
+    "test/acc",
+    "epoch_time_s",
+]
 FAST = ["data=synthetic", "epochs=2", "train.log_every=10", "device=cpu"]
 
 
@@ -40,13 +47,18 @@ def check_record(client: MlflowClient, run, epochs: int, tmp_path: Path) -> None
     assert params["optimizer.lr"] == "0.001"  # interpolations are logged resolved
     assert params["model._target_"] == "mnistlab.models.MLP"
     assert (params["model"], params["optimizer"], params["data"], params["device"]) == (
-        "mlp", "adam", "synthetic", "cpu")
+        "mlp",
+        "adam",
+        "synthetic",
+        "cpu",
+    )
     for key in EPOCH_METRICS:
         assert [s for s, _ in history(client, run.info.run_id, key)] == list(range(1, epochs + 1))
     steps_per_epoch = -(-2500 // 64)
     step_losses = history(client, run.info.run_id, "train/step_loss")
     assert [s for s, _ in step_losses] == [
-        e * steps_per_epoch + i for e in range(epochs) for i in range(10, steps_per_epoch + 1, 10)]
+        e * steps_per_epoch + i for e in range(epochs) for i in range(10, steps_per_epoch + 1, 10)
+    ]
     assert all(v > 0 for _, v in step_losses)
     assert 0 < run.data.metrics["epoch_time_s"] < 60
     artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
@@ -93,8 +105,10 @@ def test_mlflow_tracking_uri_env_var_picks_the_store(tmp_path, store):
 
 def test_same_seed_reproduces_exactly_on_cpu_and_another_seed_differs(tmp_path, store):
     def run(seed: int, name: str):
-        train(compose([*FAST, f"seed={seed}", f"mlflow.tracking_uri={store}"]),
-              output_dir=tmp_path / name)
+        train(
+            compose([*FAST, f"seed={seed}", f"mlflow.tracking_uri={store}"]),
+            output_dir=tmp_path / name,
+        )
         weights = torch.load(tmp_path / name / "model.pth")
         return weights
 
@@ -102,8 +116,10 @@ def test_same_seed_reproduces_exactly_on_cpu_and_another_seed_differs(tmp_path, 
     assert all(torch.equal(first[k], again[k]) for k in first)
     assert not torch.equal(first["linear_relu_stack.0.weight"], other["linear_relu_stack.0.weight"])
     client = MlflowClient(tracking_uri=store)
-    runs = client.search_runs([client.get_experiment_by_name("mnistlab").experiment_id],
-                              order_by=["attributes.start_time ASC"])
+    runs = client.search_runs(
+        [client.get_experiment_by_name("mnistlab").experiment_id],
+        order_by=["attributes.start_time ASC"],
+    )
     curves = [[v for _, v in history(client, r.info.run_id, "train/step_loss")] for r in runs]
     assert curves[0] == curves[1] != curves[2]
 
@@ -129,8 +145,11 @@ def test_sigterm_ends_the_run_as_killed_not_running(tmp_path):
     db = tmp_path / "mlruns" / "mlflow.db"
     proc = subprocess.Popen(
         [sys.executable, "-m", "train", "data=synthetic", "epochs=1000", "device=cpu"],
-        cwd=tmp_path, env={"MNISTLAB_DATA": str(DATA_ROOT), "PATH": "/usr/bin:/bin"},
-        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+        cwd=tmp_path,
+        env={"MNISTLAB_DATA": str(DATA_ROOT), "PATH": "/usr/bin:/bin"},
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
     )
     try:
         deadline = time.monotonic() + 120

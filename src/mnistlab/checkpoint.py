@@ -24,6 +24,6 @@ def atomic_write(path: Path, write: Callable[[IO[bytes]], None]) -> None:
 
 
 def save_state_dict(model: nn.Module, path: Path) -> None:
-    """Save the model's weights as a CPU state_dict, loadable with `load_state_dict(torch.load(path))`."""
+    """Save the weights as a CPU state_dict: `model.load_state_dict(torch.load(path))` reads it."""
     state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
     atomic_write(path, lambda f: torch.save(state, f))

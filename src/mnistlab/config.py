@@ -7,7 +7,7 @@ import difflib
 from dataclasses import dataclass, field, fields, is_dataclass
 from enum import Enum
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any
 
 from hydra.core.config_store import ConfigStore
 from omegaconf import II, MISSING, DictConfig, OmegaConf, open_dict
@@ -110,9 +110,9 @@ class TrainConfig:
 
 @dataclass
 class MlflowConfig:
-    tracking_uri: Optional[str] = None
+    tracking_uri: str | None = None
     experiment: str = "mnistlab"
-    run_name: Optional[str] = None
+    run_name: str | None = None
 
 
 @dataclass
@@ -182,7 +182,7 @@ def validate(cfg: DictConfig) -> None:
             raise ConfigError(f"{key}={OmegaConf.select(cfg, key)} is invalid: use {allowed}")
 
 
-def compose(overrides: Optional[list[str]] = None) -> DictConfig:
+def compose(overrides: list[str] | None = None) -> DictConfig:
     """Compose the run config as `python -m train` would, for use from Python and tests.
 
     Hydra's runtime info (the group choices and overrides) is recorded so that

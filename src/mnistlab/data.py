@@ -16,7 +16,7 @@ from mnistlab.config import ConfigError
 
 
 class DataError(ConfigError):
-    """The dataset cannot be read or fetched; the message says where it was looked for and how to fix it."""
+    """The dataset cannot be read or fetched; the message says where it looked and the fix."""
 
 
 @dataclass(frozen=True)
@@ -70,7 +70,7 @@ class Dataset:
 def batches(
     split: Split, batch_size: int, generator: torch.Generator | None = None
 ) -> Iterator[tuple[Tensor, Tensor]]:
-    """Yield (images, labels) batches in a shuffled order if `generator` is given; keep the last partial batch."""
+    """Yield (images, labels) batches, shuffled by `generator` if given; the last may be partial."""
     n = len(split)
     if generator is None:
         for start in range(0, n, batch_size):
@@ -151,7 +151,7 @@ def make_synthetic(
     num_classes: int = 10,
     size: int = 28,
 ) -> Dataset:
-    """Generate a learnable 10-class 28x28 dataset: per-class templates, shifted up to 2 px, plus noise.
+    """Generate learnable 10-class 28x28 images: a template per class, shifted <= 2 px, plus noise.
 
     The templates are the same for every seed (the task is fixed); `seed` draws the samples.
     """
@@ -161,9 +161,8 @@ def make_synthetic(
     def sample(n: int) -> tuple[Tensor, Tensor]:
         labels = torch.randint(num_classes, (n,), generator=generator)
         shifts = torch.randint(-2, 3, (n, 2), generator=generator).tolist()
-        images = torch.stack(
-            [templates[c].roll(s, dims=(0, 1)) for c, s in zip(labels.tolist(), shifts)]
-        )
+        pairs = zip(labels.tolist(), shifts, strict=True)
+        images = torch.stack([templates[c].roll(s, dims=(0, 1)) for c, s in pairs])
         images += noise * torch.randn(images.shape, generator=generator)
         return images.clamp_(0, 255).round_().to(torch.uint8), labels
 

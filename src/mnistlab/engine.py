@@ -48,7 +48,7 @@ def seed_everything(seed: int) -> None:
 
 
 def epoch_generator(seed: int, epoch: int) -> torch.Generator:
-    """The shuffling RNG of one epoch: a function of (seed, epoch) alone, so any epoch can be replayed."""
+    """The shuffling RNG of one epoch: a function of (seed, epoch) alone, so it can be replayed."""
     return torch.Generator().manual_seed(seed * 1_000_003 + epoch)
 
 
@@ -116,13 +116,16 @@ def train(cfg: DictConfig, output_dir: str | Path | None = None) -> float:
         or Path("outputs", datetime.now().strftime("%Y-%m-%d/%H-%M-%S-%f"))
     )
     output_dir.mkdir(parents=True, exist_ok=True)
+    tracking.save_hydra_files(cfg, output_dir)
     seed_everything(cfg.seed)
     device = resolve_device(cfg.device)
     data = build(cfg.data, seed=cfg.seed).to(device)
     model = build(cfg.model, in_shape=data.in_shape, num_classes=data.num_classes).to(device)
     optimizer = build(cfg.optimizer, params=model.parameters())
-    log.info(f"{type(model).__name__} on {device}: {len(data.train)} train, "
-             f"{len(data.val)} val, {len(data.test)} test samples")
+    log.info(
+        f"{type(model).__name__} on {device}: {len(data.train)} train, "
+        f"{len(data.val)} val, {len(data.test)} test samples"
+    )
 
     best_val_acc = -1.0
     with tracking.start_run(cfg, output_dir, str(device)) as run, logging_redirect_tqdm():
@@ -134,12 +137,17 @@ def train(cfg: DictConfig, output_dir: str | Path | None = None) -> float:
             epoch_time = time.perf_counter() - start
             val_m = evaluate(model, data, data.val, cfg.train.eval_batch_size)
             test_m = evaluate(model, data, data.test, cfg.train.eval_batch_size)
-            metrics = {f"{name}/{key}": value
-                       for name, split_m in (("train", train_m), ("val", val_m), ("test", test_m))
-                       for key, value in split_m.items()}
+            metrics = {
+                f"{name}/{key}": value
+                for name, split_m in (("train", train_m), ("val", val_m), ("test", test_m))
+                for key, value in split_m.items()
+            }
             run.log_epoch(epoch, {**metrics, "epoch_time_s": epoch_time}, step_losses)
-            log.info(f"Epoch {epoch}/{cfg.epochs}: " + ", ".join(
-                f"{k} {v:.4f}" for k, v in metrics.items()) + f", {epoch_time:.2f} s")
+            log.info(
+                f"Epoch {epoch}/{cfg.epochs}: "
+                + ", ".join(f"{k} {v:.4f}" for k, v in metrics.items())
+                + f", {epoch_time:.2f} s"
+            )
             best_val_acc = max(best_val_acc, val_m["acc"])
 
         save_state_dict(model, output_dir / "model.pth")

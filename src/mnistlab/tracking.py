@@ -1,4 +1,4 @@
-"""One MLflow run per training run: the store, params, batched metrics, artifacts and final status."""
+"""One MLflow run per training run: store, params, batched metrics, artifacts, final status."""
 
 import signal
 import subprocess
@@ -21,7 +21,7 @@ def tracking_uri(cfg: DictConfig) -> str:
 
 
 def artifact_root(uri: str) -> str | None:
-    """Where a new experiment keeps artifacts: `artifacts/` beside a SQLite file, else the server's choice."""
+    """A new experiment's artifact root: `artifacts/` beside a SQLite file, else the server's."""
     if not uri.startswith(SQLITE_PREFIX):
         return None
     db = Path(uri[len(SQLITE_PREFIX) :]).resolve()
@@ -52,8 +52,21 @@ def hydra_context() -> dict[str, Any]:
     }
 
 
+def save_hydra_files(cfg: DictConfig, output_dir: Path) -> None:
+    """Write Hydra's `.hydra/` files (config, hydra, overrides) where Hydra itself did not, e.g. a
+    run started from Python with `mnistlab.config.compose`."""
+    folder = output_dir / ".hydra"
+    if folder.exists() or not HydraConfig.initialized():
+        return
+    folder.mkdir(parents=True)
+    hydra_cfg = HydraConfig.get()
+    OmegaConf.save(cfg, folder / "config.yaml")
+    OmegaConf.save(OmegaConf.create({"hydra": hydra_cfg}), folder / "hydra.yaml")
+    OmegaConf.save(hydra_cfg.overrides.task, folder / "overrides.yaml")
+
+
 def git_state() -> dict[str, str]:
-    """The commit of the mnistlab checkout and whether it has uncommitted changes, if it is a git repo."""
+    """The commit of the mnistlab checkout and whether it has uncommitted changes, if in git."""
     src = Path(__file__).resolve().parent
 
     def git(*args: str) -> str:
@@ -169,4 +182,3 @@ def start_run(cfg: DictConfig, output_dir: Path, device: str) -> Iterator[Run]:
         raise
     finally:
         client.set_terminated(run_id, RunStatus.to_string(status))
-
