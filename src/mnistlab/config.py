@@ -25,6 +25,29 @@ class DeviceType(str, Enum):
     mps = "mps"
 
 
+class Amp(str, Enum):
+    """Mixed precision for the forward pass: none (fp32) or bfloat16 autocast."""
+
+    none = "none"
+    bf16 = "bf16"
+
+
+class Compile(str, Enum):
+    """torch.compile mode; reduce_overhead also captures CUDA graphs on a GPU."""
+
+    off = "off"
+    default = "default"
+    reduce_overhead = "reduce-overhead"
+    max_autotune = "max-autotune"
+
+
+class Loader(str, Enum):
+    """How batches are made: sliced from device-resident tensors, or by torch's DataLoader."""
+
+    tensor = "tensor"
+    torch = "torch"
+
+
 class OnNan(str, Enum):
     """What to do when the training loss becomes NaN or inf."""
 
@@ -44,7 +67,7 @@ class CNNConfig:
     _target_: str = "mnistlab.models.CNN"
     channels: list[int] = field(default_factory=lambda: [32, 64])
     hidden_size: int = 256
-    dropout: float = 0.25
+    dropout: float = 0.5
 
 
 @dataclass
@@ -54,6 +77,7 @@ class AdamConfig:
     betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
     eps: float = 1e-8
     weight_decay: float = 0.0
+    fused: bool | None = None
 
 
 @dataclass
@@ -63,6 +87,7 @@ class AdamWConfig:
     betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
     eps: float = 1e-8
     weight_decay: float = 0.01
+    fused: bool | None = None
 
 
 @dataclass
@@ -83,6 +108,9 @@ class TorchvisionDataConfig:
     val_size: int = 5000
     mean: float = 0.1307
     std: float = 0.3081
+    loader: Loader = Loader.tensor
+    num_workers: int = 0
+    cache_dir: str | None = None
 
 
 @dataclass
@@ -99,6 +127,9 @@ class SyntheticDataConfig:
 @dataclass
 class DeviceConfig:
     type: DeviceType = DeviceType.auto
+    threads: int | None = None
+    amp: Amp = Amp.none
+    compile: Compile = Compile.off
 
 
 @dataclass

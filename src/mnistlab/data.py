@@ -4,6 +4,8 @@ Images stay uint8 until a batch is taken; `Dataset.inputs` converts and normalis
 so there is no per-sample PIL or DataLoader work in the training loop.
 """
 
+import contextlib
+import hashlib
 from collections.abc import Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -11,8 +13,11 @@ from pathlib import Path
 import torch
 from hydra.utils import get_class
 from torch import Tensor
+from torch.utils.data import DataLoader, Subset
+from torch.utils.data import Dataset as TorchDataset
 
-from mnistlab.config import ConfigError
+from mnistlab.checkpoint import atomic_write
+from mnistlab.config import ConfigError, Loader
 
 
 class DataError(ConfigError):
@@ -21,17 +26,21 @@ class DataError(ConfigError):
 
 @dataclass(frozen=True)
 class Split:
-    """Images (uint8, N x H x W) and their integer labels (N)."""
+    """Images (uint8, N x H x W) and their integer labels (N).
+
+    `samples` is a per-sample torch Dataset over the same images, for `data.loader=torch`.
+    """
 
     images: Tensor
     labels: Tensor
+    samples: TorchDataset | None = None
 
     def __len__(self) -> int:
         return len(self.labels)
 
     def to(self, device: torch.device) -> "Split":
-        """Return this split on `device`."""
-        return Split(self.images.to(device), self.labels.to(device))
+        """Return this split with its tensors on `device`."""
+        return replace(self, images=self.images.to(device), labels=self.labels.to(device))
 
 
 @dataclass(frozen=True)
@@ -44,6 +53,9 @@ class Dataset:
     classes: list[str]
     mean: float
     std: float
+    loader: Loader = Loader.tensor
+    num_workers: int = 0
+    device: torch.device = torch.device("cpu")
 
     @property
     def in_shape(self) -> tuple[int, int, int]:
@@ -56,42 +68,86 @@ class Dataset:
         return len(self.classes)
 
     def to(self, device: torch.device) -> "Dataset":
-        """Return the dataset with every split on `device`."""
-        return replace(
-            self, train=self.train.to(device), val=self.val.to(device), test=self.test.to(device)
-        )
+        """Return the dataset for training on `device`; tensor batches then never leave it."""
+        if self.loader is Loader.torch:  # the DataLoader reads on the CPU; batches move per step
+            return replace(self, device=device)
+        splits = {name: getattr(self, name).to(device) for name in ("train", "val", "test")}
+        return replace(self, **splits, device=device)
 
     def inputs(self, images: Tensor) -> Tensor:
         """Turn a uint8 batch (B x H x W) into normalised float model inputs (B x 1 x H x W)."""
         scale = 1.0 / (255.0 * self.std)
         return (images.unsqueeze(1).float() * scale).sub_(self.mean / self.std)
 
-
-def batches(
-    split: Split, batch_size: int, generator: torch.Generator | None = None
-) -> Iterator[tuple[Tensor, Tensor]]:
-    """Yield (images, labels) batches, shuffled by `generator` if given; the last may be partial."""
-    n = len(split)
-    if generator is None:
+    def batches(
+        self, split: Split, batch_size: int, generator: torch.Generator | None = None
+    ) -> Iterator[tuple[Tensor, Tensor]]:
+        """Yield (inputs, labels) on the device, shuffled by `generator` if given; the last
+        batch may be partial."""
+        if self.loader is Loader.torch:
+            loader = DataLoader(
+                split.samples,
+                batch_size=batch_size,
+                shuffle=generator is not None,
+                generator=generator,
+                num_workers=self.num_workers,
+                pin_memory=self.device.type == "cuda",
+            )
+            for inputs, labels in loader:
+                yield inputs.to(self.device, non_blocking=True), labels.to(self.device)
+            return
+        n = len(split)
+        if generator is None:
+            for start in range(0, n, batch_size):
+                end = start + batch_size
+                yield self.inputs(split.images[start:end]), split.labels[start:end]
+            return
+        order = torch.randperm(n, generator=generator).to(split.labels.device)
         for start in range(0, n, batch_size):
-            yield split.images[start : start + batch_size], split.labels[start : start + batch_size]
-        return
-    order = torch.randperm(n, generator=generator).to(split.labels.device)
-    for start in range(0, n, batch_size):
-        idx = order[start : start + batch_size]
-        yield split.images[idx], split.labels[idx]
+            idx = order[start : start + batch_size]
+            yield self.inputs(split.images[idx]), split.labels[idx]
 
 
-def hold_out(images: Tensor, labels: Tensor, val_size: int, seed: int) -> tuple[Split, Split]:
-    """Split training data into (train, val), choosing the `val_size` val samples with `seed`."""
-    if not 1 <= val_size < len(labels):
+def hold_out(n: int, val_size: int, seed: int) -> tuple[Tensor, Tensor]:
+    """Indices (train, val) of a training set of `n`; `seed` chooses the `val_size` val samples."""
+    if not 1 <= val_size < n:
         raise ConfigError(
-            f"data.val_size={val_size} is invalid: use an integer from 1 to {len(labels) - 1} "
-            f"(the training set has {len(labels)} samples)"
+            f"data.val_size={val_size} is invalid: use an integer from 1 to {n - 1} "
+            f"(the training set has {n} samples)"
         )
-    perm = torch.randperm(len(labels), generator=torch.Generator().manual_seed(seed))
-    val_idx, train_idx = perm[:val_size].sort().values, perm[val_size:].sort().values
-    return Split(images[train_idx], labels[train_idx]), Split(images[val_idx], labels[val_idx])
+    perm = torch.randperm(n, generator=torch.Generator().manual_seed(seed))
+    return perm[val_size:].sort().values, perm[:val_size].sort().values
+
+
+def read_cached(dataset: str, root: Path, download: bool, cache_dir: Path | None) -> dict:
+    """The dataset's uint8 tensors and class names: decoded from the raw files once, then read
+    from a cache file in `cache_dir` keyed by the raw files' names, sizes and times. A cache hit
+    does not import torchvision (1.4 s of start-up)."""
+    raw = root / dataset.rsplit(".", 1)[-1] / "raw"
+    stamp = "".join(
+        f"{p.name}:{p.stat().st_size}:{p.stat().st_mtime_ns};" for p in sorted(raw.glob("*ubyte"))
+    )
+    key = hashlib.sha1(f"{dataset}|{root}|{stamp}".encode()).hexdigest()[:12]
+    cache = Path(cache_dir or ".").expanduser() / f"{raw.parent.name}-{key}.pt"
+    if cache_dir and stamp and cache.exists():
+        try:
+            return torch.load(cache, weights_only=True)
+        except Exception:  # a corrupt cache is rebuilt, never trusted
+            cache.unlink(missing_ok=True)
+    cls = get_class(dataset)
+    train = cls(str(root), train=True, download=download)
+    test = cls(str(root), train=False, download=download)
+    tensors = {
+        "train_images": train.data,
+        "train_labels": train.targets,
+        "test_images": test.data,
+        "test_labels": test.targets,
+        "classes": list(cls.classes),
+    }
+    if cache_dir and stamp:  # files that were just downloaded are cached on the next run
+        with contextlib.suppress(OSError):  # an unwritable cache only costs the decode next time
+            atomic_write(cache, lambda f: torch.save(tensors, f))
+    return tensors
 
 
 def load_torchvision(
@@ -102,31 +158,49 @@ def load_torchvision(
     mean: float,
     std: float,
     seed: int,
+    loader: Loader = Loader.tensor,
+    num_workers: int = 0,
+    cache_dir: str | None = None,
 ) -> Dataset:
     """Read a torchvision MNIST-style dataset (downloading it if allowed) into uint8 tensors."""
-    cls = get_class(dataset)
     root_path = Path(root).expanduser().resolve()
-    raw = root_path / cls.__name__ / "raw"
     try:
-        train = cls(str(root_path), train=True, download=download)
-        test = cls(str(root_path), train=False, download=download)
+        t = read_cached(dataset, root_path, download, Path(cache_dir) if cache_dir else None)
     except (RuntimeError, OSError) as err:
+        cls = get_class(dataset)
         expected = ", ".join(Path(url).name.removesuffix(".gz") for url, _ in cls.resources)
         why = " ".join(str(err).split()) if download else "data.download=false"
         raise DataError(
-            f"data.root={root}: no {cls.__name__} in {raw} (expected {expected}) and {why}. "
-            f"Fix: set data.root=<folder that holds {cls.__name__}/raw> (or MNISTLAB_DATA), "
-            "or go online with data.download=true"
+            f"data.root={root}: no {cls.__name__} in {root_path / cls.__name__ / 'raw'} "
+            f"(expected {expected}) and {why}. Fix: set data.root=<folder that holds "
+            f"{cls.__name__}/raw> (or MNISTLAB_DATA), or go online with data.download=true"
         ) from err
-    train_split, val_split = hold_out(train.data, train.targets, val_size, seed)
+    train_idx, val_idx = hold_out(len(t["train_labels"]), val_size, seed)
+    train_samples = test_samples = None
+    if Loader(loader) is Loader.torch:  # per-sample PIL decode and transforms, as torchvision does
+        from torchvision import transforms
+
+        cls = get_class(dataset)
+        transform = transforms.Compose(
+            [transforms.ToTensor(), transforms.Normalize((mean,), (std,))]
+        )
+        train_samples = cls(str(root_path), train=True, transform=transform)
+        test_samples = cls(str(root_path), train=False, transform=transform)
+    images, labels = t["train_images"], t["train_labels"]
     return Dataset(
-        train=train_split,
-        val=val_split,
-        test=Split(test.data, test.targets),
-        classes=list(train.classes),
+        train=Split(images[train_idx], labels[train_idx], _subset(train_samples, train_idx)),
+        val=Split(images[val_idx], labels[val_idx], _subset(train_samples, val_idx)),
+        test=Split(t["test_images"], t["test_labels"], test_samples),
+        classes=t["classes"],
         mean=mean,
         std=std,
+        loader=Loader(loader),
+        num_workers=num_workers,
     )
+
+
+def _subset(samples: TorchDataset | None, indices: Tensor) -> TorchDataset | None:
+    return None if samples is None else Subset(samples, indices.tolist())
 
 
 def _templates(num_classes: int, size: int, generator: torch.Generator) -> Tensor:
@@ -166,10 +240,11 @@ def make_synthetic(
         images += noise * torch.randn(images.shape, generator=generator)
         return images.clamp_(0, 255).round_().to(torch.uint8), labels
 
-    train_split, val_split = hold_out(*sample(train_size), val_size, seed)
+    images, labels = sample(train_size)
+    train_idx, val_idx = hold_out(train_size, val_size, seed)
     return Dataset(
-        train=train_split,
-        val=val_split,
+        train=Split(images[train_idx], labels[train_idx]),
+        val=Split(images[val_idx], labels[val_idx]),
         test=Split(*sample(test_size)),
         classes=[f"class {i}" for i in range(num_classes)],
         mean=mean,

@@ -1,9 +1,12 @@
 """Resolve `cfg.device` to a torch device, failing at setup when the hardware is not there."""
 
+import contextlib
+
 import torch
 from omegaconf import DictConfig
+from torch import nn
 
-from mnistlab.config import ConfigError, DeviceType
+from mnistlab.config import Amp, Compile, ConfigError, DeviceType
 
 
 def _mps_available() -> bool:
@@ -28,3 +31,19 @@ def resolve_device(device_cfg: DictConfig) -> torch.device:
             "use device=auto or device=cpu"
         )
     return torch.device(kind.value)
+
+
+def autocast(device: torch.device, amp: Amp) -> contextlib.AbstractContextManager:
+    """bfloat16 autocast for `device.amp=bf16`, else a no-op context."""
+    if Amp(amp) is Amp.bf16:
+        return torch.autocast(device.type, dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+def compiled(model: nn.Module, mode: Compile) -> nn.Module:
+    """The model to call in the loop: `torch.compile`d per `device.compile`, else the model itself.
+
+    Parameters are shared, so the optimizer and the saved state_dict use the plain model.
+    """
+    mode = Compile(mode)
+    return model if mode is Compile.off else torch.compile(model, mode=mode.value)

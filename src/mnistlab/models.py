@@ -42,7 +42,7 @@ class CNN(nn.Module):
         num_classes: int,
         channels: Sequence[int] = (32, 64),
         hidden_size: int = 256,
-        dropout: float = 0.25,
+        dropout: float = 0.5,
     ):
         super().__init__()
         in_channels, height, width = in_shape
