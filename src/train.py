@@ -11,22 +11,37 @@ import sys
 import hydra
 from omegaconf import DictConfig
 
+from mnistlab import sweep
 from mnistlab.config import CONF_DIR, ConfigError, register, validate
 
 register()
+log = logging.getLogger("train")
 
 
 @hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="config")
 def main(cfg: DictConfig) -> float:
-    """Train one run and return its best val accuracy (the objective a sweeper maximises)."""
+    """Train one run and return its best val accuracy (the objective a sweeper maximises).
+
+    In a sweep a failed job is recorded and answers NaN, so the other jobs still run.
+    """
     try:
         validate(cfg)  # before torch is imported, so config mistakes answer at once
         from mnistlab.engine import train
 
         return train(cfg)
     except ConfigError as err:  # a setup mistake: one line, no traceback, nothing logged to MLflow
+        if sweep.in_multirun():
+            log.error(f"Error: {err}")
+            sweep.mark_failed(str(err))
+            return float("nan")
         print(f"Error: {err}", file=sys.stderr)
         sys.exit(2)
+    except Exception as err:
+        if not sweep.in_multirun():
+            raise
+        log.exception(f"sweep job failed: {type(err).__name__}: {err}")
+        sweep.mark_failed(f"{type(err).__name__}: {err}")
+        return float("nan")
 
 
 def run_and_exit() -> None:
@@ -34,9 +49,14 @@ def run_and_exit() -> None:
     modules takes 1-2 s after everything is written. Exit handlers still run first."""
     try:
         main()
-        code = 0
+        code = 1 if sweep.STATE.failed_jobs else 0
     except SystemExit as done:
         code = done.code if isinstance(done.code, int) else (0 if done.code is None else 1)
+    except KeyboardInterrupt:
+        sweep.finish("KILLED")
+        raise
+    finally:
+        sweep.finish("FAILED")  # a parent still open here stopped before its summary
     atexit._run_exitfuncs()
     logging.shutdown()
     sys.stdout.flush()

@@ -66,6 +66,7 @@ def check_record(client: MlflowClient, run, epochs: int, tmp_path: Path) -> None
     hydra_files = {a.path for a in client.list_artifacts(run.info.run_id, ".hydra")}
     assert ".hydra/overrides.yaml" in hydra_files
     assert run.data.tags["device"] == "cpu"
+    assert "mlflow.parentRunId" not in run.data.tags  # a single run is a top-level run
     assert Path(run.data.tags["hydra.output_dir"]).is_dir()
     assert len(run.data.tags["mlflow.source.git.commit"]) == 40
     logged = run.data.metrics["test/acc"]

@@ -156,6 +156,7 @@ class Config:
     batch_size: int = 64
     epochs: int = 10
     seed: int = 0
+    sweep_name: str | None = None
     train: TrainConfig = field(default_factory=TrainConfig)
     mlflow: MlflowConfig = field(default_factory=MlflowConfig)
 

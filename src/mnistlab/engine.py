@@ -22,6 +22,7 @@ from mnistlab.checkpoint import atomic_write, save_state_dict
 from mnistlab.config import Amp, ConfigError, OnNan, validate
 from mnistlab.data import Dataset, Split
 from mnistlab.device import autocast, compiled, resolve_device
+from mnistlab.sweep import threads_per_job
 
 log = logging.getLogger(__name__)
 
@@ -123,8 +124,9 @@ def train(cfg: DictConfig, output_dir: str | Path | None = None) -> float:
     tracking.save_hydra_files(cfg, output_dir)
     seed_everything(cfg.seed)
     device = resolve_device(cfg.device)
-    if cfg.device.threads:
-        torch.set_num_threads(cfg.device.threads)
+    threads = cfg.device.threads or threads_per_job()  # parallel sweep jobs share the cores
+    if threads:
+        torch.set_num_threads(threads)
     data = build(cfg.data, seed=cfg.seed).to(device)
     connection = tracking.connect_in_background(cfg)  # overlaps building the model and optimizer
     model = build(cfg.model, in_shape=data.in_shape, num_classes=data.num_classes).to(device)
@@ -135,9 +137,10 @@ def train(cfg: DictConfig, output_dir: str | Path | None = None) -> float:
         f"{len(data.val)} val, {len(data.test)} test samples"
     )
 
+    run_tags = {"device": str(device), "torch.threads": str(torch.get_num_threads())}
     best_val_acc = -1.0
     with (
-        tracking.start_run(cfg, output_dir, str(device), connection) as run,
+        tracking.start_run(cfg, output_dir, run_tags, connection) as run,
         logging_redirect_tqdm(),
     ):
         log.info(f"MLflow run {run.run_id} in {tracking.tracking_uri(cfg)}")

@@ -4,6 +4,7 @@ import signal
 import subprocess
 import threading
 import time
+import traceback
 from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
@@ -166,26 +167,32 @@ def _sigterm_raises() -> Iterator[None]:
 
 @contextmanager
 def start_run(
-    cfg: DictConfig, output_dir: Path, device: str, connection: Future | None = None
+    cfg: DictConfig, output_dir: Path, tags: dict[str, str], connection: Future | None = None
 ) -> Iterator[Run]:
     """Open an MLflow run holding cfg's params and tags; end it FINISHED, FAILED or KILLED.
 
-    `connection` is a `connect_in_background(cfg)` started earlier, if any.
+    `tags` adds the run's own (the resolved device, say); `connection` is a
+    `connect_in_background(cfg)` started earlier, if any.
     """
     from mlflow.entities import Param, RunStatus
     from mlflow.tracking.context.registry import resolve_tags
 
+    from mnistlab.sweep import child_context
+
     client, experiment_id = connection.result() if connection else connect(cfg)
     context = hydra_context()
-    tags = resolve_tags(
+    child = child_context() or {}  # parent link and sweep tags when this is a sweep's job
+    run_name = cfg.mlflow.run_name or child.pop("run_name", None)
+    all_tags = resolve_tags(
         {
             **git_state(),
             "hydra.output_dir": str(output_dir),
             "hydra.overrides": " ".join(context["overrides"]),
-            "device": device,
+            **tags,
+            **{k: v for k, v in child.items() if k != "run_name"},
         }
     )
-    run = client.create_run(experiment_id, tags=tags, run_name=cfg.mlflow.run_name)
+    run = client.create_run(experiment_id, tags=all_tags, run_name=run_name)
     run_id = run.info.run_id
     params = {**flatten(OmegaConf.to_container(cfg, resolve=True)), **context["choices"]}
     status = RunStatus.FAILED
@@ -200,6 +207,7 @@ def start_run(
         raise
     except Exception as err:
         client.set_tag(run_id, "failure_reason", f"{type(err).__name__}: {err}"[:5000])
+        client.log_text(run_id, traceback.format_exc(), "traceback.txt")
         raise
     finally:
         client.set_terminated(run_id, RunStatus.to_string(status))

@@ -1,0 +1,228 @@
+"""Sweeps as MLflow citizens: one parent run per multirun, one child run per job, a summary.
+
+`SweepCallback` runs in the launching process. Before any job starts it creates (or upgrades) the
+store once, opens the parent run and tells the jobs about it through environment variables,
+which joblib workers, submitit jobs and SLURM tasks inherit. When the sweep ends it summarises
+the children on the parent and closes it. A job that fails is recorded and the sweep goes on
+(Hydra 1.3 would skip `on_multirun_end` if a job raised); `python -m train` then exits non-zero.
+"""
+
+import csv
+import logging
+import math
+import os
+import shlex
+import sqlite3
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from hydra.core.hydra_config import HydraConfig
+from hydra.core.override_parser.overrides_parser import OverridesParser
+from hydra.experimental.callback import Callback
+from hydra.types import RunMode
+from omegaconf import DictConfig, OmegaConf
+
+from mnistlab import tracking
+
+log = logging.getLogger(__name__)
+
+PARENT_ENV = "MNISTLAB_SWEEP_PARENT_RUN_ID"  # the parent run id, for the jobs
+SWEPT_ENV = "MNISTLAB_SWEEP_KEYS"  # comma-separated swept keys, which name the child runs
+FAILED_MARK = "FAILED"  # written into a failed job's output dir, with the reason
+
+
+class _State:
+    """What the launching process knows of the sweep in progress."""
+
+    client: Any = None
+    parent_run_id: str | None = None
+    failed_jobs: int = 0
+
+
+STATE = _State()
+
+
+def in_multirun() -> bool:
+    """Whether this process is running a job of a Hydra multirun."""
+    return HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
+
+
+def swept_keys(config: DictConfig) -> list[str]:
+    """Keys the sweep varies: sweep overrides on the command line, plus the sweeper's params."""
+    parsed = OverridesParser.create().parse_overrides(list(config.hydra.overrides.task))
+    keys = [o.get_key_element().lstrip("+~") for o in parsed if o.is_sweep_override()]
+    params = OmegaConf.select(config, "hydra.sweeper.params", default=None) or {}
+    return sorted(set(keys) | set(params))
+
+
+def child_context() -> dict[str, str] | None:
+    """Run name and tags for this job's child run, or None outside a sweep."""
+    parent = os.environ.get(PARENT_ENV)
+    if not parent or not in_multirun():
+        return None
+    hc = HydraConfig.get()
+    swept = [k for k in os.environ.get(SWEPT_ENV, "").split(",") if k]
+    overrides = sorted(hc.overrides.task)
+    named = [o for o in overrides if o.split("=", 1)[0].lstrip("+~") in swept] or overrides
+    return {
+        "run_name": ",".join(named) or f"job{hc.job.num}",
+        "mlflow.parentRunId": parent,
+        "sweep.job_num": str(hc.job.num),
+        "sweep.overrides": " ".join(overrides),
+    }
+
+
+def threads_per_job() -> int | None:
+    """Torch threads for one of N parallel joblib jobs: its share of the cores, else None."""
+    if not in_multirun():
+        return None
+    launcher = HydraConfig.get().launcher
+    if "Joblib" not in str(launcher.get("_target_", "")):
+        return None
+    cores = os.cpu_count() or 1
+    n_jobs = launcher.get("n_jobs") or -1
+    n_jobs = n_jobs if n_jobs > 0 else max(1, cores + 1 + n_jobs)
+    return max(1, cores // n_jobs)
+
+
+def mark_failed(reason: str) -> None:
+    """Record in this job's output dir that it failed, for the summary and the exit code."""
+    output_dir = Path(HydraConfig.get().runtime.output_dir)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    (output_dir / FAILED_MARK).write_text(reason + "\n")
+
+
+def prepare_store(uri: str) -> None:
+    """Put a new SQLite store in WAL mode, so parallel jobs can write while others read."""
+    if uri.startswith(tracking.SQLITE_PREFIX):
+        db = Path(uri[len(tracking.SQLITE_PREFIX) :])
+        with sqlite3.connect(db, timeout=30) as con:
+            con.execute("PRAGMA journal_mode=WAL")
+
+
+class SweepCallback(Callback):
+    """Opens the parent run before the jobs start and closes it, summarised, when they end."""
+
+    def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        """Create or upgrade the store once, open the parent run, and point the jobs at it."""
+        job_cfg = OmegaConf.masked_copy(config, [k for k in config if k != "hydra"])
+        client, experiment_id = tracking.connect(job_cfg)  # runs any schema migration, once
+        prepare_store(tracking.tracking_uri(job_cfg))
+        sweep_dir = Path(str(config.hydra.sweep.dir)).resolve()
+        swept = swept_keys(config)
+        name = config.get("sweep_name") or f"{sweep_dir.parent.name}_{sweep_dir.name}"
+        tags = {
+            **tracking.git_state(),
+            "sweep.dir": str(sweep_dir),
+            "sweep.command": shlex.join(["python", "-m", "train", *sys.argv[1:]]),
+            "sweep.swept_keys": ",".join(swept),
+            "sweep.sweeper": str(OmegaConf.select(config, "hydra.sweeper._target_")),
+            "sweep.launcher": str(OmegaConf.select(config, "hydra.launcher._target_")),
+        }
+        parent = client.create_run(experiment_id, tags=tags, run_name=name)
+        STATE.client, STATE.parent_run_id, STATE.failed_jobs = client, parent.info.run_id, 0
+        os.environ[PARENT_ENV] = parent.info.run_id
+        os.environ[SWEPT_ENV] = ",".join(swept)
+        log.info(f"MLflow sweep parent run {parent.info.run_id} ({name}), sweeping {swept}")
+
+    def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
+        """Summarise the children on the parent run and close it FINISHED or FAILED."""
+        if STATE.parent_run_id is None:
+            return
+        sweep_dir = Path(str(config.hydra.sweep.dir)).resolve()
+        try:
+            STATE.failed_jobs = summarise(STATE.client, STATE.parent_run_id, sweep_dir)
+        finally:
+            close_parent("FAILED" if STATE.failed_jobs else "FINISHED")
+
+
+def close_parent(status: str) -> None:
+    """End the parent run, if one is open (also after an interrupted sweep)."""
+    if STATE.parent_run_id is not None:
+        STATE.client.set_terminated(STATE.parent_run_id, status)
+        STATE.parent_run_id = None
+        os.environ.pop(PARENT_ENV, None)
+
+
+def finish(status: str) -> None:
+    """At exit: close a parent left open, and stop joblib's idle workers, which would otherwise
+    keep the process alive for 5 minutes."""
+    close_parent(status)
+    module = sys.modules.get("joblib.externals.loky.reusable_executor")
+    executor = getattr(module, "_executor", None)
+    if executor is not None:
+        executor.shutdown(wait=True, kill_workers=True)
+
+
+def child_rows(client: Any, parent_run_id: str) -> list[dict[str, Any]]:
+    """One summary row per child run of the parent, in job order."""
+    parent = client.get_run(parent_run_id)
+    children = client.search_runs(
+        [parent.info.experiment_id],
+        filter_string=f"tags.`mlflow.parentRunId` = '{parent_run_id}'",
+        max_results=10_000,
+    )
+    rows = []
+    for run in children:
+        val = [m.value for m in client.get_metric_history(run.info.run_id, "val/acc")]
+        end = run.info.end_time or int(time.time() * 1000)
+        rows.append(
+            {
+                "run_id": run.info.run_id,
+                "job_num": int(run.data.tags.get("sweep.job_num", -1)),
+                "overrides": run.data.tags.get("sweep.overrides", ""),
+                "status": run.info.status,
+                "best_val_acc": max(val) if val else float("nan"),
+                "final_test_acc": run.data.metrics.get("test/acc", float("nan")),
+                "final_test_loss": run.data.metrics.get("test/loss", float("nan")),
+                "duration_s": round((end - run.info.start_time) / 1000, 3),
+                "params": run.data.params,
+            }
+        )
+    return sorted(rows, key=lambda r: r["job_num"])
+
+
+def summarise(client: Any, parent_run_id: str, sweep_dir: Path) -> int:
+    """Log best metrics, summary.csv and summary.png on the parent; return the failed job count."""
+    from mnistlab.plots import sweep_summary
+
+    rows = child_rows(client, parent_run_id)
+    failed_marks = list(sweep_dir.rglob(FAILED_MARK))
+    failed = max(len(failed_marks), sum(r["status"] != "FINISHED" for r in rows))
+    n_jobs = max(
+        len(rows), len(rows) + len(failed_marks) - sum(r["status"] == "FAILED" for r in rows)
+    )
+    client.set_tag(parent_run_id, "sweep.n_jobs", str(n_jobs))
+    client.set_tag(parent_run_id, "sweep.n_failed", str(failed))
+    finished = [r for r in rows if r["status"] == "FINISHED" and not math.isnan(r["best_val_acc"])]
+    if finished:
+        best = max(finished, key=lambda r: r["best_val_acc"])
+        client.log_metric(parent_run_id, "best/val_acc", best["best_val_acc"])
+        client.log_metric(parent_run_id, "best/test_acc", best["final_test_acc"])
+        client.set_tag(parent_run_id, "best_run_id", best["run_id"])
+        log.info(f"Best job: {best['overrides']} val acc {best['best_val_acc']:.4f}")
+    summary_dir = sweep_dir / "summary"
+    summary_dir.mkdir(parents=True, exist_ok=True)
+    columns = [
+        "run_id",
+        "job_num",
+        "overrides",
+        "status",
+        "best_val_acc",
+        "final_test_acc",
+        "final_test_loss",
+        "duration_s",
+    ]
+    with open(summary_dir / "summary.csv", "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=columns, extrasaction="ignore")
+        writer.writeheader()
+        writer.writerows(rows)
+    swept = [k for k in os.environ.get(SWEPT_ENV, "").split(",") if k]
+    sweep_summary(rows, swept, summary_dir / "summary.png")
+    client.log_artifact(parent_run_id, str(summary_dir / "summary.csv"))
+    client.log_artifact(parent_run_id, str(summary_dir / "summary.png"))
+    if failed:
+        log.error(f"{failed} of {n_jobs} sweep jobs failed; see {summary_dir / 'summary.csv'}")
+    return failed

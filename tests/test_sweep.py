@@ -1,0 +1,138 @@
+"""Real Hydra multiruns through the CLI, each against a fresh SQLite store in a temp dir."""
+
+import csv
+from pathlib import Path
+
+from mlflow import MlflowClient
+
+from conftest import history, run_cli
+
+FAST = ["data=synthetic", "epochs=2", "device=cpu"]
+
+
+def sweep_record(cwd: Path):
+    """(client, parent run, child runs by job number) of the one sweep in cwd's store."""
+    client = MlflowClient(f"sqlite:///{cwd / 'mlruns' / 'mlflow.db'}")
+    exp = client.get_experiment_by_name("mnistlab")
+    runs = client.search_runs([exp.experiment_id], max_results=1000)
+    parents = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
+    assert len(parents) == 1, f"expected one parent run, found {len(parents)}"
+    parent = parents[0]
+    children = [r for r in runs if r is not parent]
+    assert all(r.data.tags["mlflow.parentRunId"] == parent.info.run_id for r in children)
+    by_job = {int(r.data.tags["sweep.job_num"]): r for r in children}
+    assert len(by_job) == len(children)
+    return client, parent, by_job
+
+
+def summary_rows(client: MlflowClient, parent, tmp_path: Path) -> list[dict]:
+    """The parent's summary.csv, downloaded from its artifacts; also checks summary.png."""
+    png = Path(client.download_artifacts(parent.info.run_id, "summary.png", str(tmp_path)))
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 10_000
+    path = client.download_artifacts(parent.info.run_id, "summary.csv", str(tmp_path))
+    with open(path) as f:
+        return list(csv.DictReader(f))
+
+
+def check_best(client: MlflowClient, parent, children: dict) -> None:
+    """best/val_acc, best/test_acc and best_run_id agree with the finished children."""
+    finished = [r for r in children.values() if r.info.status == "FINISHED"]
+    best_val = {
+        r.info.run_id: max(v for _, v in history(client, r.info.run_id, "val/acc"))
+        for r in finished
+    }
+    best_id = max(best_val, key=best_val.get)
+    assert parent.data.tags["best_run_id"] == best_id
+    assert parent.data.metrics["best/val_acc"] == best_val[best_id]
+    best = next(r for r in finished if r.info.run_id == best_id)
+    assert parent.data.metrics["best/test_acc"] == best.data.metrics["test/acc"]
+
+
+def test_parallel_2x2_grid_with_joblib_is_one_parent_with_four_children(tmp_path):
+    args = [*FAST, "lr=1e-4,1e-3", "batch_size=32,64", "hydra/launcher=joblib",
+            "hydra.launcher.n_jobs=2", "sweep_name=grid"]  # fmt: skip
+    result = run_cli(["-m", *args], cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    client, parent, children = sweep_record(tmp_path)
+    assert parent.info.status == "FINISHED" and parent.info.run_name == "grid"
+    tags = parent.data.tags
+    assert tags["sweep.n_jobs"] == "4" and tags["sweep.n_failed"] == "0"
+    assert Path(tags["sweep.dir"]).is_dir() and Path(tags["sweep.dir"]).is_relative_to(tmp_path)
+    assert tags["sweep.command"] == "python -m train -m " + " ".join(args)
+    assert sorted(r.info.run_name for r in children.values()) == [
+        "batch_size=32,lr=0.0001",
+        "batch_size=32,lr=0.001",
+        "batch_size=64,lr=0.0001",
+        "batch_size=64,lr=0.001",
+    ]
+    for num, run in children.items():
+        assert run.info.status == "FINISHED"
+        assert run.data.tags["torch.threads"] == "1"  # two jobs share this machine's cores
+        for key in ("lr", "batch_size"):
+            assert f"{key}={run.data.params[key]}" in run.data.tags["sweep.overrides"].split()
+        assert [s for s, _ in history(client, run.info.run_id, "test/acc")] == [1, 2]
+        assert Path(run.data.tags["hydra.output_dir"]).name == str(num)
+    check_best(client, parent, children)
+    rows = summary_rows(client, parent, tmp_path)
+    assert [r["status"] for r in rows] == ["FINISHED"] * 4
+    assert {r["run_id"] for r in rows} == {r.info.run_id for r in children.values()}
+
+
+def test_a_failing_job_fails_its_run_and_the_parent_but_not_the_other_jobs(tmp_path):
+    result = run_cli(["-m", *FAST, "optimizer=sgd", "lr=1e-3,1e6,1e-2"], cwd=tmp_path)
+    assert result.returncode == 1
+    assert "1 of 3 sweep jobs failed" in result.stdout + result.stderr
+    client, parent, children = sweep_record(tmp_path)
+    assert parent.info.status == "FAILED"
+    assert parent.data.tags["sweep.n_failed"] == "1"
+    assert [children[i].info.status for i in range(3)] == ["FINISHED", "FAILED", "FINISHED"]
+    failed = children[1]
+    assert failed.data.tags["failure_reason"].startswith("NonFiniteLossError: train loss is")
+    trace = client.download_artifacts(failed.info.run_id, "traceback.txt", str(tmp_path))
+    assert "Traceback (most recent call last)" in Path(trace).read_text()
+    check_best(client, parent, children)
+    rows = summary_rows(client, parent, tmp_path)
+    assert [r["status"] for r in rows] == ["FINISHED", "FAILED", "FINISHED"]
+
+
+def test_eight_parallel_jobs_on_a_fresh_store_all_finish_with_every_metric(tmp_path):
+    args = ["-m", *FAST, "seed=0,1,2,3,4,5,6,7", "hydra/launcher=joblib", "hydra.launcher.n_jobs=8"]
+    result = run_cli(args, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "database is locked" not in result.stdout + result.stderr
+    client, parent, children = sweep_record(tmp_path)
+    assert parent.info.status == "FINISHED" and len(children) == 8
+    for run in children.values():
+        assert run.info.status == "FINISHED"
+        assert len(run.data.params) > 20
+        for key in ("train/loss", "val/acc", "test/acc", "epoch_time_s"):
+            assert len(history(client, run.info.run_id, key)) == 2
+
+
+def test_optuna_trials_are_children_and_run_with_joblib(tmp_path):
+    args = ["-m", "hparams_search=optuna", "hydra.sweeper.n_trials=3", "hydra.sweeper.n_jobs=3",
+            "hydra/launcher=joblib", "hydra.launcher.n_jobs=3", *FAST]  # fmt: skip
+    result = run_cli(args, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    client, parent, children = sweep_record(tmp_path)
+    assert parent.info.status == "FINISHED" and len(children) == 3
+    assert parent.data.tags["sweep.sweeper"].endswith("OptunaSweeper")
+    for run in children.values():
+        assert run.info.status == "FINISHED"
+        keys = [part.split("=")[0] for part in run.info.run_name.split(",")]
+        assert keys == ["batch_size", "lr", "optimizer"]
+        assert 1e-4 <= float(run.data.params["lr"]) <= 1e-2
+    check_best(client, parent, children)
+    results = next(Path(parent.data.tags["sweep.dir"]).glob("optimization_results.yaml"))
+    assert f"best_value: {parent.data.metrics['best/val_acc']}" in results.read_text()
+
+
+def test_submitit_local_jobs_attach_to_the_parent(tmp_path):
+    args = ["-m", "hydra/launcher=submitit_local", *FAST, "lr=1e-3,1e-2"]
+    result = run_cli(args, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    client, parent, children = sweep_record(tmp_path)
+    assert parent.info.status == "FINISHED"
+    assert sorted(r.info.run_name for r in children.values()) == ["lr=0.001", "lr=0.01"]
+    assert all(r.info.status == "FINISHED" for r in children.values())
+    check_best(client, parent, children)
