@@ -1,12 +1,16 @@
-"""Atomic, durable file writes: a reader or a crash never sees half a file."""
+"""Atomic, durable writes of weights and training checkpoints, and resuming from them."""
 
 import os
+import random
 from collections.abc import Callable
 from pathlib import Path
-from typing import IO
+from typing import IO, Any
 
 import torch
+from omegaconf import DictConfig, OmegaConf
 from torch import nn
+
+from mnistlab.config import ConfigError
 
 
 def atomic_write(path: Path, write: Callable[[IO[bytes]], None]) -> None:
@@ -27,3 +31,103 @@ def save_state_dict(model: nn.Module, path: Path) -> None:
     """Save the weights as a CPU state_dict: `model.load_state_dict(torch.load(path))` reads it."""
     state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
     atomic_write(path, lambda f: torch.save(state, f))
+
+
+FORMAT = 1  # bump when the layout of a training checkpoint changes
+
+
+def save_checkpoint(
+    path: Path,
+    *,
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    epoch: int,
+    best_val_acc: float,
+    run_id: str,
+    cfg: DictConfig,
+) -> None:
+    """Write everything needed to continue training after `epoch`, atomically."""
+    state = {
+        "format": FORMAT,
+        "epoch": epoch,
+        "best_val_acc": best_val_acc,
+        "run_id": run_id,
+        "config": OmegaConf.to_container(cfg, resolve=True, enum_to_str=True),
+        "model": {k: v.detach().cpu() for k, v in model.state_dict().items()},
+        "optimizer": optimizer.state_dict(),
+        "rng": {
+            "torch": torch.get_rng_state(),
+            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+            "python": random.getstate(),
+        },
+    }
+    atomic_write(path, lambda f: torch.save(state, f))
+
+
+def load_checkpoint(path: Path, key: str = "resume") -> dict[str, Any]:
+    """Read a checkpoint written by `save_checkpoint`, with `weights_only=True` (no code runs)."""
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:
+        reason = " ".join(str(err).split())[:200]
+        raise ConfigError(
+            f"{key}={path}: not a readable checkpoint (truncated or corrupt? {reason}); "
+            "use the run's last.pth or best.pth"
+        ) from err
+    if not isinstance(state, dict) or state.get("format") != FORMAT:
+        raise ConfigError(
+            f"{key}={path}: not an mnistlab training checkpoint (format {FORMAT}); "
+            "model.pth holds weights only, resume from last.pth"
+        )
+    return state
+
+
+def restore(state: dict[str, Any], model: nn.Module, optimizer: torch.optim.Optimizer) -> None:
+    """Load weights, optimizer state and RNG states from a checkpoint into a fresh run."""
+    try:
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+    except (RuntimeError, ValueError, KeyError) as err:
+        reason = " ".join(str(err).split())[:300]
+        raise ConfigError(
+            f"resume: the checkpoint does not fit the configured model or optimizer ({reason}); "
+            "resume with the run's own config"
+        ) from err
+    torch.set_rng_state(state["rng"]["torch"])
+    if state["rng"]["cuda"] and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["rng"]["cuda"])
+    version, internal, gauss = state["rng"]["python"]
+    random.setstate((version, tuple(internal), gauss))
+
+
+def find_checkpoint(resume: str, cfg: DictConfig) -> Path:
+    """The checkpoint `resume=` names: a file, a run output dir (last.pth) or an MLflow run id."""
+    path = Path(resume).expanduser()
+    if path.is_dir():
+        if not (path / "last.pth").is_file():
+            raise ConfigError(f"resume={resume}: no last.pth in that folder; name a run output dir")
+        return path / "last.pth"
+    if path.is_file():
+        return path
+    from mlflow.exceptions import MlflowException
+
+    from mnistlab import tracking
+
+    client, _ = tracking.connect(cfg)
+    try:
+        run = client.get_run(resume)
+    except MlflowException as err:
+        raise ConfigError(
+            f"resume={resume}: no such checkpoint file, run output dir or MLflow run in "
+            f"{tracking.tracking_uri(cfg)}; name one of those"
+        ) from err
+    local = Path(run.data.tags.get("hydra.output_dir", "")) / "last.pth"
+    if local.is_file():
+        return local
+    try:
+        return Path(client.download_artifacts(resume, "checkpoints/last.pth"))
+    except (MlflowException, OSError) as err:
+        raise ConfigError(
+            f"resume={resume}: the run has no last.pth in {local.parent} nor in its artifacts "
+            "(checkpoint.log_to_mlflow=true uploads them)"
+        ) from err

@@ -140,6 +140,11 @@ class TrainConfig:
 
 
 @dataclass
+class CheckpointConfig:
+    log_to_mlflow: bool = False
+
+
+@dataclass
 class MlflowConfig:
     tracking_uri: str | None = None
     experiment: str = "mnistlab"
@@ -157,7 +162,9 @@ class Config:
     epochs: int = 10
     seed: int = 0
     sweep_name: str | None = None
+    resume: str | None = None
     train: TrainConfig = field(default_factory=TrainConfig)
+    checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
     mlflow: MlflowConfig = field(default_factory=MlflowConfig)
 
 

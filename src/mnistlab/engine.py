@@ -2,7 +2,9 @@
 
 import logging
 import math
+import os
 import random
+import shutil
 import time
 from datetime import datetime
 from pathlib import Path
@@ -17,9 +19,9 @@ from torch import nn
 from tqdm import tqdm
 from tqdm.contrib.logging import logging_redirect_tqdm
 
-from mnistlab import tracking
+from mnistlab import checkpoint, tracking
 from mnistlab.checkpoint import atomic_write, save_state_dict
-from mnistlab.config import Amp, ConfigError, OnNan, validate
+from mnistlab.config import Amp, Config, ConfigError, OnNan, validate
 from mnistlab.data import Dataset, Split
 from mnistlab.device import autocast, compiled, resolve_device
 from mnistlab.sweep import threads_per_job
@@ -56,7 +58,7 @@ def epoch_generator(seed: int, epoch: int) -> torch.Generator:
 
 def check_finite(loss: float, where: str, on_nan: OnNan) -> None:
     """Raise NonFiniteLossError for a NaN or inf loss unless train.on_nan=ignore."""
-    if on_nan is OnNan.stop and not math.isfinite(loss):
+    if OnNan(on_nan) is OnNan.stop and not math.isfinite(loss):
         raise NonFiniteLossError(
             f"train loss is {loss} at {where}: lower lr, or set train.on_nan=ignore to keep going"
         )
@@ -112,9 +114,21 @@ def train_epoch(model, data, optimizer, cfg: DictConfig, epoch: int, step_losses
     return metrics
 
 
+def resume_point(cfg: DictConfig) -> tuple[DictConfig, Path, dict]:
+    """For `resume=...`: the run's own config, its output dir and its last checkpoint."""
+    path = checkpoint.find_checkpoint(cfg.resume, cfg)
+    state = checkpoint.load_checkpoint(path)
+    run_cfg = OmegaConf.merge(OmegaConf.structured(Config), state["config"])
+    run_cfg.mlflow = cfg.mlflow  # the store is where the user points now
+    return run_cfg, path.parent, state
+
+
 def train(cfg: DictConfig, output_dir: str | Path | None = None) -> float:
     """Train the configured model, record the run in MLflow, and return its best val accuracy."""
     validate(cfg)
+    state = None
+    if cfg.resume:
+        cfg, output_dir, state = resume_point(cfg)
     output_dir = Path(
         output_dir
         or tracking.hydra_context()["output_dir"]
@@ -131,6 +145,10 @@ def train(cfg: DictConfig, output_dir: str | Path | None = None) -> float:
     connection = tracking.connect_in_background(cfg)  # overlaps building the model and optimizer
     model = build(cfg.model, in_shape=data.in_shape, num_classes=data.num_classes).to(device)
     optimizer = build(cfg.optimizer, params=model.parameters())
+    first_epoch, best_val_acc = 1, -1.0
+    if state:
+        checkpoint.restore(state, model, optimizer)
+        first_epoch, best_val_acc = state["epoch"] + 1, state["best_val_acc"]
     net = compiled(model, cfg.device.compile)  # shares model's parameters
     log.info(
         f"{type(model).__name__} on {device}: {len(data.train)} train, "
@@ -138,13 +156,14 @@ def train(cfg: DictConfig, output_dir: str | Path | None = None) -> float:
     )
 
     run_tags = {"device": str(device), "torch.threads": str(torch.get_num_threads())}
-    best_val_acc = -1.0
+    resume_id = state and state["run_id"]
     with (
-        tracking.start_run(cfg, output_dir, run_tags, connection) as run,
+        tracking.start_run(cfg, output_dir, run_tags, connection, resume_id) as run,
         logging_redirect_tqdm(),
     ):
-        log.info(f"MLflow run {run.run_id} in {tracking.tracking_uri(cfg)}")
-        for epoch in range(1, cfg.epochs + 1):
+        log.info(f"MLflow run {run.run_id} in {tracking.tracking_uri(cfg)}, epoch {first_epoch}")
+        logged = run.logged_epochs()  # a replayed epoch (killed after logging) is not re-logged
+        for epoch in range(first_epoch, cfg.epochs + 1):
             step_losses: list[tuple[int, float]] = []
             start = time.perf_counter()
             train_m = train_epoch(net, data, optimizer, cfg, epoch, step_losses)
@@ -156,13 +175,16 @@ def train(cfg: DictConfig, output_dir: str | Path | None = None) -> float:
                 for name, split_m in (("train", train_m), ("val", val_m), ("test", test_m))
                 for key, value in split_m.items()
             }
-            run.log_epoch(epoch, {**metrics, "epoch_time_s": epoch_time}, step_losses)
+            if epoch > logged:
+                run.log_epoch(epoch, {**metrics, "epoch_time_s": epoch_time}, step_losses)
             log.info(
                 f"Epoch {epoch}/{cfg.epochs}: "
                 + ", ".join(f"{k} {v:.4f}" for k, v in metrics.items())
                 + f", {epoch_time:.2f} s"
             )
+            improved = val_m["acc"] > best_val_acc
             best_val_acc = max(best_val_acc, val_m["acc"])
+            save_checkpoints(run, output_dir, model, optimizer, epoch, best_val_acc, cfg, improved)
 
         save_state_dict(model, output_dir / "model.pth")
         resolved = OmegaConf.to_yaml(cfg, resolve=True).encode()
@@ -173,3 +195,25 @@ def train(cfg: DictConfig, output_dir: str | Path | None = None) -> float:
         run.log_artifact(output_dir / "train.log")
     log.info(f"Best val acc {best_val_acc:.4f}; outputs in {output_dir}")
     return best_val_acc
+
+
+def save_checkpoints(run, output_dir, model, optimizer, epoch, best_val_acc, cfg, improved):
+    """Write last.pth (and best.pth when val acc improved), uploading them if configured."""
+    last = output_dir / "last.pth"
+    checkpoint.save_checkpoint(
+        last,
+        model=model,
+        optimizer=optimizer,
+        epoch=epoch,
+        best_val_acc=best_val_acc,
+        run_id=run.run_id,
+        cfg=cfg,
+    )
+    names = [last]
+    if improved:
+        shutil.copyfile(last, output_dir / ".best.pth.tmp")
+        os.replace(output_dir / ".best.pth.tmp", output_dir / "best.pth")
+        names.append(output_dir / "best.pth")
+    if cfg.checkpoint.log_to_mlflow:
+        for path in names:
+            run.log_artifact(path, "checkpoints")

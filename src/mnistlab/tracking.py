@@ -109,6 +109,11 @@ class Run:
         elif path.exists():
             self.client.log_artifact(self.run_id, str(path), artifact_path)
 
+    def logged_epochs(self) -> int:
+        """The last epoch whose metrics are in the run (0 for a new run)."""
+        history = self.client.get_metric_history(self.run_id, "epoch_time_s")
+        return max((m.step for m in history), default=0)
+
     def set_tag(self, key: str, value: str) -> None:
         """Set one run tag."""
         self.client.set_tag(self.run_id, key, value)
@@ -167,12 +172,16 @@ def _sigterm_raises() -> Iterator[None]:
 
 @contextmanager
 def start_run(
-    cfg: DictConfig, output_dir: Path, tags: dict[str, str], connection: Future | None = None
+    cfg: DictConfig,
+    output_dir: Path,
+    tags: dict[str, str],
+    connection: Future | None = None,
+    resume_run_id: str | None = None,
 ) -> Iterator[Run]:
     """Open an MLflow run holding cfg's params and tags; end it FINISHED, FAILED or KILLED.
 
     `tags` adds the run's own (the resolved device, say); `connection` is a
-    `connect_in_background(cfg)` started earlier, if any.
+    `connect_in_background(cfg)` started earlier, if any; `resume_run_id` reopens that run.
     """
     from mlflow.entities import Param, RunStatus
     from mlflow.tracking.context.registry import resolve_tags
@@ -192,13 +201,19 @@ def start_run(
             **{k: v for k, v in child.items() if k != "run_name"},
         }
     )
-    run = client.create_run(experiment_id, tags=all_tags, run_name=run_name)
-    run_id = run.info.run_id
-    params = {**flatten(OmegaConf.to_container(cfg, resolve=True)), **context["choices"]}
+    if resume_run_id:  # its params and tags are already there, and params cannot change
+        run_id = resume_run_id
+        client.update_run(run_id, status=RunStatus.to_string(RunStatus.RUNNING))
+    else:
+        run_id = client.create_run(experiment_id, tags=all_tags, run_name=run_name).info.run_id
+    container = OmegaConf.to_container(cfg, resolve=True)
+    container.pop("resume", None)  # where a run was resumed from is not a hyperparameter
+    params = {**flatten(container), **context["choices"]}
     status = RunStatus.FAILED
     try:
         with _sigterm_raises():
-            client.log_batch(run_id, params=[Param(k, v) for k, v in params.items()])
+            if not resume_run_id:
+                client.log_batch(run_id, params=[Param(k, v) for k, v in params.items()])
             yield Run(client, run_id)
         status = RunStatus.FINISHED
     except KeyboardInterrupt as err:

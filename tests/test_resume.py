@@ -1,0 +1,144 @@
+"""Checkpoints and resume: a SIGKILL loses at most the epoch in progress, and resuming into the
+same MLflow run ends exactly where an uninterrupted run ends."""
+
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from conftest import DATA_ROOT, history, only_run, run_cli
+
+RUN = ["data=synthetic", "data.train_size=30000", "epochs=3", "device=cpu", "train.log_every=50"]
+EPOCH_METRICS = ["train/loss", "train/acc", "val/loss", "val/acc", "test/loss", "test/acc"]
+
+
+def logged_epochs(db: Path) -> int:
+    """How many epochs' metrics the run in `db` has logged so far."""
+    if not db.exists():
+        return 0
+    try:
+        with sqlite3.connect(db) as con:
+            row = con.execute("select count(*) from metrics where key='epoch_time_s'").fetchone()
+        return row[0]
+    except sqlite3.OperationalError:  # tables not created yet
+        return 0
+
+
+def kill_during_epoch_2(cwd: Path) -> Path:
+    """Start the run, SIGKILL it once epoch 1 is logged (so during epoch 2); its output dir."""
+    env = {**os.environ, "MNISTLAB_DATA": str(DATA_ROOT)}
+    env.pop("MLFLOW_TRACKING_URI", None)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "train", *RUN], cwd=cwd, env=env,
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 180
+        while logged_epochs(cwd / "mlruns" / "mlflow.db") < 1:
+            assert proc.poll() is None and time.monotonic() < deadline, "no epoch was logged"
+            time.sleep(0.05)
+        time.sleep(0.3)  # well inside epoch 2, which takes seconds
+        assert proc.poll() is None, "the run ended before it could be killed"
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=30)
+    finally:
+        proc.kill()
+    (run_dir,) = (cwd / "outputs").glob("*/*")
+    return run_dir
+
+
+def test_sigkill_mid_epoch_then_resume_equals_an_uninterrupted_run(tmp_path):
+    straight, broken = tmp_path / "straight", tmp_path / "broken"
+    straight.mkdir(), broken.mkdir()
+    result = run_cli(RUN, cwd=straight)
+    assert result.returncode == 0, result.stderr[-2000:]
+    client_a, run_a = only_run(f"sqlite:///{straight / 'mlruns' / 'mlflow.db'}")
+
+    run_dir = kill_during_epoch_2(broken)
+    state = torch.load(run_dir / "last.pth", weights_only=True)
+    assert state["epoch"] == 1  # the epoch in progress is all that was lost
+    client_b, killed = only_run(f"sqlite:///{broken / 'mlruns' / 'mlflow.db'}")
+    assert killed.info.status == "RUNNING"  # SIGKILL leaves no chance to close it
+
+    result = run_cli([f"resume={run_dir}"], cwd=broken)
+    assert result.returncode == 0, result.stderr[-2000:]
+    client_b, run_b = only_run(f"sqlite:///{broken / 'mlruns' / 'mlflow.db'}")
+    assert run_b.info.run_id == killed.info.run_id and run_b.info.status == "FINISHED"
+    assert run_b.data.params == run_a.data.params
+    for key in EPOCH_METRICS:
+        points = history(client_b, run_b.info.run_id, key)
+        assert [s for s, _ in points] == [1, 2, 3], key  # no duplicate epoch points
+        assert points == history(client_a, run_a.info.run_id, key), key
+    steps = history(client_b, run_b.info.run_id, "train/step_loss")
+    assert steps == history(client_a, run_a.info.run_id, "train/step_loss")
+    weights_a = torch.load(Path(run_a.data.tags["hydra.output_dir"]) / "model.pth")
+    weights_b = torch.load(run_dir / "model.pth")
+    assert weights_a.keys() == weights_b.keys()
+    assert all(torch.equal(weights_a[k], weights_b[k]) for k in weights_a)
+
+
+def test_checkpoints_are_kept_and_uploaded_and_resume_by_run_id_works(tmp_path):
+    args = ["data=synthetic", "epochs=2", "device=cpu", "checkpoint.log_to_mlflow=true"]
+    assert run_cli(args, cwd=tmp_path).returncode == 0
+    client, run = only_run(f"sqlite:///{tmp_path / 'mlruns' / 'mlflow.db'}")
+    run_dir = Path(run.data.tags["hydra.output_dir"])
+    last, best = (torch.load(run_dir / n, weights_only=True) for n in ("last.pth", "best.pth"))
+    assert last["epoch"] == 2 and last["run_id"] == run.info.run_id
+    assert last["config"]["epochs"] == 2 and set(last) >= {"model", "optimizer", "rng"}
+    assert best["best_val_acc"] == max(v for _, v in history(client, run.info.run_id, "val/acc"))
+    uploaded = {a.path for a in client.list_artifacts(run.info.run_id, "checkpoints")}
+    assert uploaded == {"checkpoints/last.pth", "checkpoints/best.pth"}
+    # a finished run resumed by its id has nothing left to do, and stays one whole run
+    result = run_cli([f"resume={run.info.run_id}"], cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-2000:]
+    client, again = only_run(f"sqlite:///{tmp_path / 'mlruns' / 'mlflow.db'}")
+    assert again.info.status == "FINISHED"
+    assert [s for s, _ in history(client, run.info.run_id, "val/acc")] == [1, 2]
+
+
+@pytest.mark.parametrize(
+    ("make", "message"),
+    [
+        (
+            lambda d: (d / "last.pth").write_bytes((d / "last.pth").read_bytes()[:5000]),
+            "not a readable checkpoint (truncated or corrupt?",
+        ),
+        (
+            lambda d: (d / "model.pth").replace(d / "last.pth"),
+            "not an mnistlab training checkpoint",
+        ),
+        (lambda d: None, "does not fit the configured model"),
+        (lambda d: (d / "last.pth").unlink(), "no last.pth in that folder"),
+    ],
+    ids=["truncated", "weights-only", "other-architecture", "missing"],
+)
+def test_bad_checkpoints_give_one_line_and_exit_2(tmp_path, make, message):
+    assert run_cli(["data=synthetic", "epochs=1", "device=cpu"], cwd=tmp_path).returncode == 0
+    (run_dir,) = (tmp_path / "outputs").glob("*/*")
+    make(run_dir)
+    args = [f"resume={run_dir}"]
+    if message.startswith("does not fit"):  # a CNN's weights in the MLP's checkpoint
+        state = torch.load(run_dir / "last.pth", weights_only=True)
+        state["model"] = {"features.0.weight": torch.zeros(32, 1, 3, 3)}
+        torch.save(state, run_dir / "last.pth")
+    result = run_cli(args, cwd=tmp_path)
+    assert result.returncode == 2, result.stderr[-2000:]
+    assert result.stderr.startswith("Error: resume") and message in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1 and "Traceback" not in result.stderr
+
+
+def test_unknown_run_id_gives_one_line_and_exit_2(tmp_path):
+    assert run_cli(["data=synthetic", "epochs=1", "device=cpu"], cwd=tmp_path).returncode == 0
+    result = run_cli(["resume=0123456789abcdef0123456789abcdef"], cwd=tmp_path)
+    assert result.returncode == 2
+    assert (
+        "resume=0123456789abcdef0123456789abcdef: no such checkpoint file, run output dir or "
+        "MLflow run" in result.stderr
+    )
+    assert len(result.stderr.strip().splitlines()) == 1
