@@ -45,10 +45,12 @@ def save_checkpoint(
     best_val_acc: float,
     run_id: str,
     cfg: DictConfig,
+    data_info: dict[str, Any],
 ) -> None:
     """Write everything needed to continue training after `epoch`, atomically."""
     state = {
         "format": FORMAT,
+        "data": data_info,
         "epoch": epoch,
         "best_val_acc": best_val_acc,
         "run_id": run_id,
@@ -64,17 +66,27 @@ def save_checkpoint(
     atomic_write(path, lambda f: torch.save(state, f))
 
 
-def load_checkpoint(path: Path, key: str = "resume") -> dict[str, Any]:
-    """Read a checkpoint written by `save_checkpoint`, with `weights_only=True` (no code runs)."""
+def read_torch_file(path: Path, key: str) -> Any:
+    """`torch.load` with `weights_only=True` (no code runs), failing in one line naming `key`."""
     try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
+        return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:
         reason = " ".join(str(err).split())[:200]
         raise ConfigError(
             f"{key}={path}: not a readable checkpoint (truncated or corrupt? {reason}); "
-            "use the run's last.pth or best.pth"
+            "use the run's last.pth, best.pth or model.pth"
         ) from err
-    if not isinstance(state, dict) or state.get("format") != FORMAT:
+
+
+def is_training_checkpoint(state: Any) -> bool:
+    """Whether `state` is what `save_checkpoint` writes (not a bare state_dict)."""
+    return isinstance(state, dict) and state.get("format") == FORMAT
+
+
+def load_checkpoint(path: Path, key: str = "resume") -> dict[str, Any]:
+    """Read a checkpoint written by `save_checkpoint`."""
+    state = read_torch_file(path, key)
+    if not is_training_checkpoint(state):
         raise ConfigError(
             f"{key}={path}: not an mnistlab training checkpoint (format {FORMAT}); "
             "model.pth holds weights only, resume from last.pth"

@@ -149,6 +149,7 @@ class MlflowConfig:
     tracking_uri: str | None = None
     experiment: str = "mnistlab"
     run_name: str | None = None
+    log_model: bool = True
 
 
 @dataclass

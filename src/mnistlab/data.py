@@ -24,6 +24,11 @@ class DataError(ConfigError):
     """The dataset cannot be read or fetched; the message says where it looked and the fix."""
 
 
+def normalize(images: Tensor, mean: float, std: float) -> Tensor:
+    """uint8 images (B x H x W) to float model inputs (B x 1 x H x W): (x / 255 - mean) / std."""
+    return (images.unsqueeze(1).float() * (1.0 / (255.0 * std))).sub_(mean / std)
+
+
 @dataclass(frozen=True)
 class Split:
     """Images (uint8, N x H x W) and their integer labels (N).
@@ -76,8 +81,16 @@ class Dataset:
 
     def inputs(self, images: Tensor) -> Tensor:
         """Turn a uint8 batch (B x H x W) into normalised float model inputs (B x 1 x H x W)."""
-        scale = 1.0 / (255.0 * self.std)
-        return (images.unsqueeze(1).float() * scale).sub_(self.mean / self.std)
+        return normalize(images, self.mean, self.std)
+
+    def info(self) -> dict:
+        """What a trained model needs to know of its data to predict: shapes, names, scaling."""
+        return {
+            "in_shape": list(self.in_shape),
+            "classes": list(self.classes),
+            "mean": self.mean,
+            "std": self.std,
+        }
 
     def batches(
         self, split: Split, batch_size: int, generator: torch.Generator | None = None

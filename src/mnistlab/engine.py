@@ -1,5 +1,6 @@
 """The training run: build everything from the config, then train, evaluate and log each epoch."""
 
+import json
 import logging
 import math
 import os
@@ -184,20 +185,28 @@ def train(cfg: DictConfig, output_dir: str | Path | None = None) -> float:
             )
             improved = val_m["acc"] > best_val_acc
             best_val_acc = max(best_val_acc, val_m["acc"])
-            save_checkpoints(run, output_dir, model, optimizer, epoch, best_val_acc, cfg, improved)
+            save_checkpoints(
+                run, output_dir, model, optimizer, epoch, best_val_acc, cfg, improved, data.info()
+            )
 
         save_state_dict(model, output_dir / "model.pth")
         resolved = OmegaConf.to_yaml(cfg, resolve=True).encode()
         atomic_write(output_dir / "config.yaml", lambda f: f.write(resolved))
-        run.log_artifact(output_dir / "model.pth")
-        run.log_artifact(output_dir / "config.yaml")
+        info = json.dumps(data.info(), indent=1).encode()
+        atomic_write(output_dir / "data.json", lambda f: f.write(info))
+        for name in ("model.pth", "config.yaml", "data.json"):
+            run.log_artifact(output_dir / name)
+        if cfg.mlflow.log_model:
+            run.log_pytorch_model(model, data.inputs(data.test.images[:2]))
         run.log_artifact(output_dir / ".hydra", ".hydra")
         run.log_artifact(output_dir / "train.log")
     log.info(f"Best val acc {best_val_acc:.4f}; outputs in {output_dir}")
     return best_val_acc
 
 
-def save_checkpoints(run, output_dir, model, optimizer, epoch, best_val_acc, cfg, improved):
+def save_checkpoints(
+    run, output_dir, model, optimizer, epoch, best_val_acc, cfg, improved, data_info
+):
     """Write last.pth (and best.pth when val acc improved), uploading them if configured."""
     last = output_dir / "last.pth"
     checkpoint.save_checkpoint(
@@ -208,6 +217,7 @@ def save_checkpoints(run, output_dir, model, optimizer, epoch, best_val_acc, cfg
         best_val_acc=best_val_acc,
         run_id=run.run_id,
         cfg=cfg,
+        data_info=data_info,
     )
     names = [last]
     if improved:

@@ -49,3 +49,25 @@ def sweep_summary(rows: list[dict[str, Any]], swept: list[str], path: Path) -> N
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
+
+
+def confusion_matrix(matrix: Any, classes: list[str], path: Path, title: str = "") -> None:
+    """A confusion matrix (rows: true class, columns: predicted) with counts in the cells."""
+    counts = [[int(v) for v in row] for row in matrix.tolist()]
+    n = len(classes)
+    fig, ax = plt.subplots(figsize=(1.0 + 0.6 * n, 0.8 + 0.6 * n))
+    ax.imshow(counts, cmap="Blues")
+    ticks = range(n)
+    ax.set_xticks(ticks, classes, rotation=45, ha="right", fontsize=8)
+    ax.set_yticks(ticks, classes, fontsize=8)
+    top = max(max(row) for row in counts) or 1
+    for i, row in enumerate(counts):
+        for j, count in enumerate(row):
+            color = "white" if count > top / 2 else "black"
+            ax.text(j, i, str(count), ha="center", va="center", fontsize=7, color=color)
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true")
+    ax.set_title(title, fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)

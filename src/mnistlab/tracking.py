@@ -109,6 +109,25 @@ class Run:
         elif path.exists():
             self.client.log_artifact(self.run_id, str(path), artifact_path)
 
+    def log_pytorch_model(self, model: Any, example: Any) -> None:
+        """Log `model` as an MLflow PyTorch model ("model"), ready for the Model Registry and
+        `mlflow.pytorch.load_model`; the example's batch of 2 keeps the batch size dynamic."""
+        import mlflow.pytorch
+        import torch
+        from mlflow.models import Model
+
+        version = torch.__version__.split("+")[0]
+        info = Model.log(  # mlflow.pytorch.log_model, for a run that is not the active run
+            artifact_path=None,
+            name="model",
+            flavor=mlflow.pytorch,
+            run_id=self.run_id,
+            pytorch_model=model.cpu().eval(),
+            input_example=example.cpu().numpy(),
+            pip_requirements=[f"torch=={version}"],  # inferring them costs seconds
+        )
+        self.set_tag("model_uri", info.model_uri)  # mlflow.pytorch.load_model(this)
+
     def logged_epochs(self) -> int:
         """The last epoch whose metrics are in the run (0 for a new run)."""
         history = self.client.get_metric_history(self.run_id, "epoch_time_s")
@@ -134,11 +153,15 @@ def get_experiment_id(client: Any, name: str, uri: str) -> str:
 
 def connect(cfg: DictConfig) -> tuple[Any, str]:
     """Import MLflow and open the store and experiment (creating them if new): (client, id)."""
+    import mlflow
     from mlflow import MlflowClient
 
     uri = tracking_uri(cfg)
+    mlflow.set_tracking_uri(uri)  # for MLflow calls that take no client, like Model.log
     client = MlflowClient(tracking_uri=uri)
-    return client, get_experiment_id(client, cfg.mlflow.experiment, uri)
+    experiment_id = get_experiment_id(client, cfg.mlflow.experiment, uri)
+    mlflow.set_experiment(experiment_id=experiment_id)  # where Model.log puts logged models
+    return client, experiment_id
 
 
 def connect_in_background(cfg: DictConfig) -> Future:
