@@ -142,3 +142,42 @@ def test_unknown_run_id_gives_one_line_and_exit_2(tmp_path):
         "MLflow run" in result.stderr
     )
     assert len(result.stderr.strip().splitlines()) == 1
+
+
+def test_rerunning_a_killed_sweep_skips_finished_jobs_and_resumes_the_dead_one(tmp_path):
+    sweep = ["-m", "data=synthetic", "data.train_size=30000", "epochs=3", "device=cpu",
+             "seed=0,1,2", f"hydra.sweep.dir={tmp_path / 'sweep'}"]  # fmt: skip
+    env = {**os.environ, "MNISTLAB_DATA": str(DATA_ROOT)}
+    env.pop("MLFLOW_TRACKING_URI", None)
+    db = tmp_path / "mlruns" / "mlflow.db"
+    proc = subprocess.Popen([sys.executable, "-m", "train", *sweep], cwd=tmp_path, env=env,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+    try:  # job 0 has 3 epochs logged and job 1 one epoch: kill during job 1's epoch 2
+        deadline = time.monotonic() + 300
+        while logged_epochs(db) < 4:
+            assert proc.poll() is None and time.monotonic() < deadline
+            time.sleep(0.05)
+        time.sleep(0.3)
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=30)
+    finally:
+        proc.kill()
+    from mlflow import MlflowClient
+
+    client = MlflowClient(f"sqlite:///{db}")
+    first = {r.info.run_id: r.info.status for r in client.search_runs(["1"])}
+    assert sorted(first.values()) == ["FINISHED", "RUNNING", "RUNNING"]  # parent, job 0, job 1
+
+    result = run_cli(sweep, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "Job already FINISHED" in result.stdout + result.stderr
+    runs = client.search_runs(["1"])
+    assert len(runs) == 4  # the same parent, jobs 0 and 1 in their old runs, job 2 new
+    assert set(first) < {r.info.run_id for r in runs}
+    assert all(r.info.status == "FINISHED" for r in runs)
+    children = [r for r in runs if "mlflow.parentRunId" in r.data.tags]
+    for child in children:
+        assert [s for s, _ in history(client, child.info.run_id, "val/acc")] == [1, 2, 3]
+
+    result = run_cli([*sweep, "force=true"], cwd=tmp_path)
+    assert result.returncode == 0 and len(client.search_runs(["1"])) == 7

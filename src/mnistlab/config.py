@@ -164,6 +164,7 @@ class Config:
     seed: int = 0
     sweep_name: str | None = None
     resume: str | None = None
+    force: bool = False
     train: TrainConfig = field(default_factory=TrainConfig)
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
     mlflow: MlflowConfig = field(default_factory=MlflowConfig)

@@ -25,7 +25,7 @@ from mnistlab.checkpoint import atomic_write, save_state_dict
 from mnistlab.config import Amp, Config, ConfigError, OnNan, validate
 from mnistlab.data import Dataset, Split
 from mnistlab.device import autocast, compiled, resolve_device
-from mnistlab.sweep import threads_per_job
+from mnistlab.sweep import in_multirun, threads_per_job
 
 log = logging.getLogger(__name__)
 
@@ -115,6 +115,16 @@ def train_epoch(model, data, optimizer, cfg: DictConfig, epoch: int, step_losses
     return metrics
 
 
+def finished_before(cfg: DictConfig, last: Path) -> float | None:
+    """For a sweep job run again: its best val acc if its earlier run FINISHED, else None."""
+    state = checkpoint.load_checkpoint(last)
+    client, _ = tracking.connect(cfg)
+    if client.get_run(state["run_id"]).info.status == "FINISHED":
+        log.info(f"Job already FINISHED as run {state['run_id']}: skipped (force=true redoes it)")
+        return state["best_val_acc"]
+    return None
+
+
 def resume_point(cfg: DictConfig) -> tuple[DictConfig, Path, dict]:
     """For `resume=...`: the run's own config, its output dir and its last checkpoint."""
     path = checkpoint.find_checkpoint(cfg.resume, cfg)
@@ -127,14 +137,19 @@ def resume_point(cfg: DictConfig) -> tuple[DictConfig, Path, dict]:
 def train(cfg: DictConfig, output_dir: str | Path | None = None) -> float:
     """Train the configured model, record the run in MLflow, and return its best val accuracy."""
     validate(cfg)
-    state = None
-    if cfg.resume:
-        cfg, output_dir, state = resume_point(cfg)
     output_dir = Path(
         output_dir
         or tracking.hydra_context()["output_dir"]
         or Path("outputs", datetime.now().strftime("%Y-%m-%d/%H-%M-%S-%f"))
     )
+    if in_multirun() and not cfg.force and (output_dir / "last.pth").is_file():
+        done = finished_before(cfg, output_dir / "last.pth")  # a rerun of the same sweep
+        if done is not None:
+            return done
+        cfg.resume = str(output_dir / "last.pth")
+    state = None
+    if cfg.resume:
+        cfg, output_dir, state = resume_point(cfg)
     output_dir.mkdir(parents=True, exist_ok=True)
     tracking.save_hydra_files(cfg, output_dir)
     seed_everything(cfg.seed)

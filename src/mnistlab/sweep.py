@@ -31,6 +31,7 @@ log = logging.getLogger(__name__)
 PARENT_ENV = "MNISTLAB_SWEEP_PARENT_RUN_ID"  # the parent run id, for the jobs
 SWEPT_ENV = "MNISTLAB_SWEEP_KEYS"  # comma-separated swept keys, which name the child runs
 FAILED_MARK = "FAILED"  # written into a failed job's output dir, with the reason
+PARENT_FILE = "mlflow_parent_run_id"  # in the sweep dir: a rerun reuses that parent run
 
 
 class _State:
@@ -102,6 +103,26 @@ def prepare_store(uri: str) -> None:
             con.execute("PRAGMA journal_mode=WAL")
 
 
+def reopen_parent(client: Any, sweep_dir: Path) -> str | None:
+    """The parent run of an earlier sweep in `sweep_dir`, set RUNNING again; None if none."""
+    from mlflow.exceptions import MlflowException
+
+    try:
+        parent_id = (sweep_dir / PARENT_FILE).read_text().strip()
+        client.get_run(parent_id)
+    except (OSError, MlflowException):
+        return None
+    client.update_run(parent_id, status="RUNNING")
+    for stale in sweep_dir.rglob(FAILED_MARK):  # this attempt records its own failures
+        stale.unlink()
+    experiment_id = client.get_run(parent_id).info.experiment_id
+    running = f"tags.`mlflow.parentRunId` = '{parent_id}' and attributes.status = 'RUNNING'"
+    for child in client.search_runs([experiment_id], filter_string=running):
+        # left RUNNING by a killed attempt; a resumed job reopens its own
+        client.set_terminated(child.info.run_id, "KILLED")
+    return parent_id
+
+
 class SweepCallback(Callback):
     """Opens the parent run before the jobs start and closes it, summarised, when they end."""
 
@@ -121,11 +142,15 @@ class SweepCallback(Callback):
             "sweep.sweeper": str(OmegaConf.select(config, "hydra.sweeper._target_")),
             "sweep.launcher": str(OmegaConf.select(config, "hydra.launcher._target_")),
         }
-        parent = client.create_run(experiment_id, tags=tags, run_name=name)
-        STATE.client, STATE.parent_run_id, STATE.failed_jobs = client, parent.info.run_id, 0
-        os.environ[PARENT_ENV] = parent.info.run_id
+        parent_id = reopen_parent(client, sweep_dir)  # a rerun of the same sweep dir
+        if parent_id is None:
+            parent_id = client.create_run(experiment_id, tags=tags, run_name=name).info.run_id
+            sweep_dir.mkdir(parents=True, exist_ok=True)
+            (sweep_dir / PARENT_FILE).write_text(parent_id + "\n")
+        STATE.client, STATE.parent_run_id, STATE.failed_jobs = client, parent_id, 0
+        os.environ[PARENT_ENV] = parent_id
         os.environ[SWEPT_ENV] = ",".join(swept)
-        log.info(f"MLflow sweep parent run {parent.info.run_id} ({name}), sweeping {swept}")
+        log.info(f"MLflow sweep parent run {parent_id} ({name}), sweeping {swept}")
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         """Summarise the children on the parent run and close it FINISHED or FAILED."""
@@ -164,24 +189,26 @@ def child_rows(client: Any, parent_run_id: str) -> list[dict[str, Any]]:
         filter_string=f"tags.`mlflow.parentRunId` = '{parent_run_id}'",
         max_results=10_000,
     )
-    rows = []
+    rows_by_job: dict[str | None, dict[str, Any]] = {}
     for run in children:
         val = [m.value for m in client.get_metric_history(run.info.run_id, "val/acc")]
         end = run.info.end_time or int(time.time() * 1000)
-        rows.append(
-            {
-                "run_id": run.info.run_id,
-                "job_num": int(run.data.tags.get("sweep.job_num", -1)),
-                "overrides": run.data.tags.get("sweep.overrides", ""),
-                "status": run.info.status,
-                "best_val_acc": max(val) if val else float("nan"),
-                "final_test_acc": run.data.metrics.get("test/acc", float("nan")),
-                "final_test_loss": run.data.metrics.get("test/loss", float("nan")),
-                "duration_s": round((end - run.info.start_time) / 1000, 3),
-                "params": run.data.params,
-            }
-        )
-    return sorted(rows, key=lambda r: r["job_num"])
+        row = rows_by_job.get(run.data.tags.get("sweep.job_num"))
+        if row and row["start_time"] > run.info.start_time:
+            continue  # a job redone with force=true: its latest run counts
+        rows_by_job[run.data.tags.get("sweep.job_num")] = {
+            "start_time": run.info.start_time,
+            "run_id": run.info.run_id,
+            "job_num": int(run.data.tags.get("sweep.job_num", -1)),
+            "overrides": run.data.tags.get("sweep.overrides", ""),
+            "status": run.info.status,
+            "best_val_acc": max(val) if val else float("nan"),
+            "final_test_acc": run.data.metrics.get("test/acc", float("nan")),
+            "final_test_loss": run.data.metrics.get("test/loss", float("nan")),
+            "duration_s": round((end - run.info.start_time) / 1000, 3),
+            "params": run.data.params,
+        }
+    return sorted(rows_by_job.values(), key=lambda r: r["job_num"])
 
 
 def summarise(client: Any, parent_run_id: str, sweep_dir: Path) -> int:

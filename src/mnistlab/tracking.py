@@ -231,6 +231,7 @@ def start_run(
         run_id = client.create_run(experiment_id, tags=all_tags, run_name=run_name).info.run_id
     container = OmegaConf.to_container(cfg, resolve=True)
     container.pop("resume", None)  # where a run was resumed from is not a hyperparameter
+    container["mlflow"].pop("tracking_uri", None)  # nor is the store, and its URI may hold secrets
     params = {**flatten(container), **context["choices"]}
     status = RunStatus.FAILED
     try:
