@@ -69,6 +69,9 @@ def test_the_run_logs_an_mlflow_pytorch_model_that_matches_model_pth(trained):
     plain = load_trained(str(Path(run.data.tags["hydra.output_dir"]) / "model.pth")).model
     inputs = torch.randn(7, 1, 28, 28)  # another batch size than the input example
     assert torch.allclose(exported(inputs), plain(inputs), atol=1e-5)
+    version = mlflow.register_model(run.data.tags["model_uri"], "mnistlab-test")
+    registered = mlflow.pytorch.load_model(f"models:/mnistlab-test/{version.version}")
+    assert torch.allclose(registered(inputs), plain(inputs), atol=1e-5)
 
 
 def test_predict_classifies_pngs_rendered_from_the_test_set(tmp_path, data_root):
