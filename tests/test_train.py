@@ -173,3 +173,14 @@ def test_sigterm_ends_the_run_as_killed_not_running(tmp_path):
     _, run = only_run(f"sqlite:///{db}")
     assert run.info.status == "KILLED", stderr[-2000:]
     assert "SIGTERM" in run.data.tags["failure_reason"]
+
+
+def test_passwords_in_store_uris_are_never_shown():
+    from mnistlab.tracking import shown
+
+    assert shown("postgresql://bob:s3cr3t@db:5432/mlflow") == "postgresql://bob:***@db:5432/mlflow"
+    assert (
+        shown("a=1 mlflow.tracking_uri=http://u:p@h:5000")
+        == "a=1 mlflow.tracking_uri=http://u:***@h:5000"
+    )
+    assert shown("sqlite:////tmp/x/mlflow.db") == "sqlite:////tmp/x/mlflow.db"

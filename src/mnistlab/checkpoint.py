@@ -131,7 +131,7 @@ def find_checkpoint(resume: str, cfg: DictConfig) -> Path:
     except MlflowException as err:
         raise ConfigError(
             f"resume={resume}: no such checkpoint file, run output dir or MLflow run in "
-            f"{tracking.tracking_uri(cfg)}; name one of those"
+            f"{tracking.shown(tracking.tracking_uri(cfg))}; name one of those"
         ) from err
     local = Path(run.data.tags.get("hydra.output_dir", "")) / "last.pth"
     if local.is_file():

@@ -177,7 +177,8 @@ def train(cfg: DictConfig, output_dir: str | Path | None = None) -> float:
         tracking.start_run(cfg, output_dir, run_tags, connection, resume_id) as run,
         logging_redirect_tqdm(),
     ):
-        log.info(f"MLflow run {run.run_id} in {tracking.tracking_uri(cfg)}, epoch {first_epoch}")
+        uri = tracking.shown(tracking.tracking_uri(cfg))
+        log.info(f"MLflow run {run.run_id} in {uri}, from epoch {first_epoch}")
         logged = run.logged_epochs()  # a replayed epoch (killed after logging) is not re-logged
         for epoch in range(first_epoch, cfg.epochs + 1):
             step_losses: list[tuple[int, float]] = []
@@ -205,7 +206,7 @@ def train(cfg: DictConfig, output_dir: str | Path | None = None) -> float:
             )
 
         save_state_dict(model, output_dir / "model.pth")
-        resolved = OmegaConf.to_yaml(cfg, resolve=True).encode()
+        resolved = tracking.shown(OmegaConf.to_yaml(cfg, resolve=True)).encode()
         atomic_write(output_dir / "config.yaml", lambda f: f.write(resolved))
         info = json.dumps(data.info(), indent=1).encode()
         atomic_write(output_dir / "data.json", lambda f: f.write(info))

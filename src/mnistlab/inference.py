@@ -45,8 +45,9 @@ def _from_run(source: str, tracking_uri: str | None) -> tuple[Path, str]:
         for name in ("config.yaml", "data.json"):
             client.download_artifacts(run_id, name, str(path.parent))
     except (MlflowException, OSError) as err:
+        store = tracking.shown(tracking.tracking_uri(cfg))
         raise ConfigError(
-            f"{source}: no such MLflow run or artifact in {tracking.tracking_uri(cfg)}; "
+            f"{source}: no such MLflow run or artifact in {store}; "
             "name a checkpoint file, runs:/<run_id>/model.pth or a run id (and --tracking-uri)"
         ) from err
     return path, run_id

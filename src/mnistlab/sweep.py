@@ -71,7 +71,7 @@ def child_context() -> dict[str, str] | None:
         "run_name": ",".join(named) or f"job{hc.job.num}",
         "mlflow.parentRunId": parent,
         "sweep.job_num": str(hc.job.num),
-        "sweep.overrides": " ".join(overrides),
+        "sweep.overrides": tracking.shown(" ".join(overrides)),
     }
 
 
@@ -137,7 +137,7 @@ class SweepCallback(Callback):
         tags = {
             **tracking.git_state(),
             "sweep.dir": str(sweep_dir),
-            "sweep.command": shlex.join(["python", "-m", "train", *sys.argv[1:]]),
+            "sweep.command": tracking.shown(shlex.join(["python", "-m", "train", *sys.argv[1:]])),
             "sweep.swept_keys": ",".join(swept),
             "sweep.sweeper": str(OmegaConf.select(config, "hydra.sweeper._target_")),
             "sweep.launcher": str(OmegaConf.select(config, "hydra.launcher._target_")),

@@ -1,5 +1,6 @@
 """One MLflow run per training run: store, params, batched metrics, artifacts, final status."""
 
+import re
 import signal
 import subprocess
 import threading
@@ -20,6 +21,11 @@ SQLITE_PREFIX = "sqlite:///"
 def tracking_uri(cfg: DictConfig) -> str:
     """The store: `mlflow.tracking_uri` (or MLFLOW_TRACKING_URI), else sqlite in <cwd>/mlruns."""
     return cfg.mlflow.tracking_uri or f"{SQLITE_PREFIX}{Path.cwd() / 'mlruns' / 'mlflow.db'}"
+
+
+def shown(text: str) -> str:
+    """`text` with the password of any URI in it replaced, fit to print or log."""
+    return re.sub(r"//([^/@:\s]+):[^/@\s]*@", r"//\1:***@", text)
 
 
 def artifact_root(uri: str) -> str | None:
@@ -219,7 +225,7 @@ def start_run(
         {
             **git_state(),
             "hydra.output_dir": str(output_dir),
-            "hydra.overrides": " ".join(context["overrides"]),
+            "hydra.overrides": shown(" ".join(context["overrides"])),
             **tags,
             **{k: v for k, v in child.items() if k != "run_name"},
         }
