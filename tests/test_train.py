@@ -63,6 +63,12 @@ def check_record(client: MlflowClient, run, epochs: int, tmp_path: Path) -> None
     assert 0 < run.data.metrics["epoch_time_s"] < 60
     artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
     assert {"model.pth", "config.yaml", ".hydra"} <= artifacts
+    plots = {a.path: a.file_size for a in client.list_artifacts(run.info.run_id, "plots")}
+    assert set(plots) == {f"plots/{name}.png" for name in ("learning_curves", "confusion_matrix",
+                          "per_class_accuracy", "misclassified")}  # fmt: skip
+    for name in plots:
+        png = Path(client.download_artifacts(run.info.run_id, name, str(tmp_path)))
+        assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 5_000
     hydra_files = {a.path for a in client.list_artifacts(run.info.run_id, ".hydra")}
     assert ".hydra/overrides.yaml" in hydra_files
     assert run.data.tags["device"] == "cpu"

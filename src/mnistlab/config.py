@@ -137,6 +137,7 @@ class TrainConfig:
     log_every: int = 100
     eval_batch_size: int = 1000
     on_nan: OnNan = OnNan.stop
+    plots: bool = True
 
 
 @dataclass

@@ -212,6 +212,11 @@ def train(cfg: DictConfig, output_dir: str | Path | None = None) -> float:
         atomic_write(output_dir / "data.json", lambda f: f.write(info))
         for name in ("model.pth", "config.yaml", "data.json"):
             run.log_artifact(output_dir / name)
+        if cfg.train.plots:
+            from mnistlab.evaluate import draw_run_plots
+
+            draw_run_plots(model, data, run.history(), output_dir / "plots")
+            run.log_artifact(output_dir / "plots", "plots")
         if cfg.mlflow.log_model:
             run.log_pytorch_model(model, data.inputs(data.test.images[:2]))
         run.log_artifact(output_dir / ".hydra", ".hydra")

@@ -13,20 +13,49 @@ from pathlib import Path
 import torch
 from omegaconf import OmegaConf
 
+from mnistlab import plots
 from mnistlab.config import ConfigError
 from mnistlab.engine import build, evaluate
 from mnistlab.inference import load_trained
-from mnistlab.plots import confusion_matrix
 
 
 @torch.inference_mode()
 def predictions(model, data, batch_size: int = 1000) -> tuple[torch.Tensor, torch.Tensor]:
-    """(labels, predicted classes) over the test split."""
-    labels, preds = [], []
+    """(labels, class probabilities) over the test split."""
+    model.eval()
+    labels, probs = [], []
     for inputs, y in data.batches(data.test, batch_size):
-        preds.append(model(inputs).argmax(dim=1))
+        probs.append(model(inputs).float().softmax(dim=1))
         labels.append(y)
-    return torch.cat(labels), torch.cat(preds)
+    return torch.cat(labels), torch.cat(probs)
+
+
+def confusion(labels: torch.Tensor, preds: torch.Tensor, n: int) -> tuple[torch.Tensor, list]:
+    """The confusion matrix (rows: true, columns: predicted) and per-class accuracy."""
+    matrix = torch.bincount(labels * n + preds, minlength=n * n).view(n, n).cpu()
+    return matrix, (matrix.diag().float() / matrix.sum(dim=1).clamp(min=1)).tolist()
+
+
+def draw_run_plots(model, data, history: dict, folder: Path, mistakes: int = 24) -> list[Path]:
+    """The four plots of a run: learning curves, confusion matrix, per-class accuracy and the
+    most confidently misclassified test images."""
+    folder.mkdir(parents=True, exist_ok=True)
+    labels, probs = predictions(model, data)
+    confidence, preds = probs.max(dim=1)
+    matrix, per_class = confusion(labels, preds, data.num_classes)
+    wrong = (preds != labels).nonzero().flatten()
+    worst = wrong[confidence[wrong].argsort(descending=True)[:mistakes]]
+    paths = [folder / name for name in ("learning_curves.png", "confusion_matrix.png",
+             "per_class_accuracy.png", "misclassified.png")]  # fmt: skip
+    plots.learning_curves(history, paths[0])
+    acc = matrix.diag().sum().item() / max(1, matrix.sum().item())
+    plots.confusion_matrix(matrix, data.classes, paths[1], title=f"test accuracy {acc:.4f}")
+    plots.per_class_accuracy(per_class, data.classes, paths[2])
+    plots.misclassified_grid(
+        data.test.images[worst].cpu().numpy(), labels[worst].tolist(), preds[worst].tolist(),
+        confidence[worst].tolist(), data.classes, paths[3],
+    )  # fmt: skip
+    return paths
 
 
 def run(source: str, overrides: list[str], tracking_uri: str | None, output: Path | None) -> dict:
@@ -37,10 +66,8 @@ def run(source: str, overrides: list[str], tracking_uri: str | None, output: Pat
     cfg = OmegaConf.merge(trained.cfg, options)  # e.g. data.root where the data lives here
     data = build(cfg.data, seed=cfg.seed)
     metrics = evaluate(trained.model, data, data.test, 1000)
-    labels, preds = predictions(trained.model, data)
-    n = data.num_classes
-    matrix = torch.bincount(labels * n + preds, minlength=n * n).view(n, n)
-    per_class = (matrix.diag().float() / matrix.sum(dim=1).clamp(min=1)).tolist()
+    labels, probs = predictions(trained.model, data)
+    matrix, per_class = confusion(labels, probs.argmax(dim=1), data.num_classes)
 
     name = f"run {trained.run_id}" if trained.run_id else source
     dataset = str(cfg.data.get("dataset", "synthetic")).rsplit(".", 1)[-1]
@@ -51,7 +78,9 @@ def run(source: str, overrides: list[str], tracking_uri: str | None, output: Pat
     for label, acc in zip(data.classes, per_class, strict=True):
         print(f"  {label:<14} {acc:.4f}")
     png = output or Path(f"confusion_matrix_{trained.run_id or Path(source).stem}.png")
-    confusion_matrix(matrix, data.classes, png, title=f"{name}: test acc {metrics['acc']:.4f}")
+    plots.confusion_matrix(
+        matrix, data.classes, png, title=f"{name}: test acc {metrics['acc']:.4f}"
+    )
     print(f"confusion matrix: {png}")
 
     if log_to_mlflow:

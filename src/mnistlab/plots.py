@@ -8,6 +8,7 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
+from matplotlib.ticker import MaxNLocator  # noqa: E402
 
 
 def _as_number(value: str) -> float | None:
@@ -68,6 +69,64 @@ def confusion_matrix(matrix: Any, classes: list[str], path: Path, title: str = "
     ax.set_xlabel("predicted")
     ax.set_ylabel("true")
     ax.set_title(title, fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def learning_curves(history: dict[str, list[tuple[int, float]]], path: Path) -> None:
+    """Loss and accuracy by epoch for the train, val and test splits."""
+    fig, axes = plt.subplots(1, 2, figsize=(10, 3.8))
+    for ax, metric in zip(axes, ("loss", "acc"), strict=True):
+        for split, style in (("train", "-o"), ("val", "-s"), ("test", "-^")):
+            points = history.get(f"{split}/{metric}", [])
+            if points:
+                ax.plot([s for s, _ in points], [v for _, v in points], style, label=split, ms=4)
+        ax.set_xlabel("epoch")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.set_ylabel(metric)
+        ax.grid(alpha=0.3)
+        ax.legend()
+    axes[0].set_title("cross-entropy loss")
+    axes[1].set_title("accuracy")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def per_class_accuracy(accuracies: list[float], classes: list[str], path: Path) -> None:
+    """A bar per class: the share of its test images classified correctly."""
+    fig, ax = plt.subplots(figsize=(max(5.0, 0.7 * len(classes)), 3.6))
+    bars = ax.bar(range(len(classes)), accuracies, color="tab:blue")
+    ax.bar_label(bars, labels=[f"{a:.3f}" for a in accuracies], fontsize=7)
+    ax.set_xticks(range(len(classes)), classes, rotation=30, ha="right", fontsize=8)
+    low = min(accuracies)
+    ax.set_ylim(max(0.0, low - (1 - low) * 0.5 - 0.01), 1.0)
+    ax.set_ylabel("test accuracy")
+    ax.set_title("per-class accuracy on the test split")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+def misclassified_grid(
+    images: Any, true: list[int], predicted: list[int], confidence: list[float],
+    classes: list[str], path: Path,
+) -> None:  # fmt: skip
+    """The most confidently misclassified test images, with their true and predicted labels."""
+    n = len(true)
+    cols = min(8, max(n, 1))
+    rows = max(1, -(-n // cols))
+    fig, axes = plt.subplots(rows, cols, figsize=(1.6 * cols, 1.9 * rows), squeeze=False)
+    for k, ax in enumerate(axes.flat):
+        ax.axis("off")
+        if k < n:
+            ax.imshow(images[k], cmap="gray", vmin=0, vmax=255)
+            ax.set_title(
+                f"true {classes[true[k]]}\npred {classes[predicted[k]]} ({confidence[k]:.2f})",
+                fontsize=7,
+            )
+    fig.suptitle("most confident mistakes on the test split", fontsize=10)
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)

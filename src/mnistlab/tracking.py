@@ -134,6 +134,14 @@ class Run:
         )
         self.set_tag("model_uri", info.model_uri)  # mlflow.pytorch.load_model(this)
 
+    def history(self) -> dict[str, list[tuple[int, float]]]:
+        """The per-epoch metrics logged so far, as {key: [(epoch, value), ...]}."""
+        keys = [f"{split}/{m}" for split in ("train", "val", "test") for m in ("loss", "acc")]
+        return {
+            key: sorted((m.step, m.value) for m in self.client.get_metric_history(self.run_id, key))
+            for key in keys
+        }
+
     def logged_epochs(self) -> int:
         """The last epoch whose metrics are in the run (0 for a new run)."""
         history = self.client.get_metric_history(self.run_id, "epoch_time_s")
