@@ -18,11 +18,19 @@ def _as_number(value: str) -> float | None:
         return None
 
 
-def sweep_summary(rows: list[dict[str, Any]], swept: list[str], path: Path) -> None:
-    """Best val accuracy of each job against each swept hyperparameter, one panel per key."""
+def sweep_summary(
+    rows: list[dict[str, Any]],
+    swept: list[str],
+    path: Path,
+    metric: str = "best_val_acc",
+    curves: dict[str, list[tuple[int, float]]] | None = None,
+) -> None:
+    """`metric` of each run against each swept hyperparameter, one panel per key, and, if
+    given, a last panel with the val-acc curves of the top runs (label: [(epoch, acc)])."""
     keys = swept or ["job_num"]
-    fig, axes = plt.subplots(1, len(keys), figsize=(4.5 * len(keys), 3.6), squeeze=False)
-    for ax, key in zip(axes[0], keys, strict=True):
+    panels = len(keys) + (1 if curves else 0)
+    fig, axes = plt.subplots(1, panels, figsize=(4.5 * panels, 3.6), squeeze=False)
+    for ax, key in zip(axes[0], keys, strict=False):
         values = [str(r["params"].get(key, r.get(key, ""))) for r in rows]
         numbers = [_as_number(v) for v in values]
         numeric = all(n is not None for n in numbers) and len(set(values)) > 1
@@ -36,16 +44,26 @@ def sweep_summary(rows: list[dict[str, Any]], swept: list[str], path: Path) -> N
             xs = [categories.index(v) for v in values]
             ax.set_xticks(range(len(categories)), categories, rotation=30, ha="right")
         for x, row in zip(xs, rows, strict=True):
-            ok = row["status"] == "FINISHED" and not math.isnan(row["best_val_acc"])
-            if ok:
-                ax.scatter(x, row["best_val_acc"], color="tab:blue", zorder=3)
+            value = row.get(metric, float("nan"))
+            if row["status"] == "FINISHED" and not math.isnan(value):
+                ax.scatter(x, value, color="tab:blue", zorder=3)
             else:
                 ax.axvline(x, color="tab:red", alpha=0.4, linestyle="--")
         ax.set_xlabel(key)
-        ax.set_ylabel("best val acc")
+        ax.set_ylabel(metric.replace("_", " "))
+        ax.grid(alpha=0.3)
+    if curves:
+        ax = axes[0][-1]
+        for label, points in curves.items():
+            ax.plot([e for e, _ in points], [v for _, v in points], "-o", ms=3, label=label)
+        ax.set_xlabel("epoch")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.set_ylabel("val acc")
+        ax.set_title(f"val acc of the top {len(curves)}", fontsize=9)
+        ax.legend(fontsize=6)
         ax.grid(alpha=0.3)
     failed = sum(r["status"] != "FINISHED" for r in rows)
-    title = f"{len(rows)} jobs" + (f", {failed} failed (red dashes)" if failed else "")
+    title = f"{len(rows)} runs" + (f", {failed} not finished (red dashes)" if failed else "")
     fig.suptitle(title)
     fig.tight_layout()
     fig.savefig(path, dpi=100)

@@ -1,0 +1,159 @@
+"""`python -m mnistlab.report [EXPERIMENT | SWEEP_PARENT_RUN_ID] [options]`
+
+Compares runs from the same store as `python -m train` (or --tracking-uri): a table of runs
+(overrides, status, best val acc, test acc, duration) sorted by a metric, optionally saved as
+CSV, and a figure of the metric against each hyperparameter that varies, with the val-acc curves
+of the top runs. With a sweep's parent run id, the runs are that sweep's jobs; otherwise every
+run of the experiment (default: mnistlab) except sweep parents.
+"""
+
+import argparse
+import csv
+import math
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from omegaconf import OmegaConf
+
+from mnistlab import tracking
+from mnistlab.config import ConfigError
+
+TARGET_HELP = "experiment name or sweep parent run id (default: mnistlab)"
+COLUMNS = ["run_id", "name", "overrides", "status", "best_val_acc", "test_acc", "duration_s"]
+BOOKKEEPING = ("data.root", "data.cache_dir", "mlflow.", "resume", "force", "sweep_name")
+
+
+def collect(client: Any, target: str) -> tuple[str, list[dict[str, Any]]]:
+    """(title, one row per run) for an experiment name or a sweep parent run id."""
+    from mlflow.exceptions import MlflowException
+
+    experiment = client.get_experiment_by_name(target)
+    if experiment is not None:
+        runs = client.search_runs([experiment.experiment_id], max_results=10_000)
+        parents = {r.data.tags.get("mlflow.parentRunId") for r in runs}
+        runs = [r for r in runs if r.info.run_id not in parents]
+        title = f"experiment {target}"
+    else:
+        try:
+            parent = client.get_run(target)
+        except MlflowException as err:
+            raise ConfigError(
+                f"{target}: no such experiment or run in this store; name an experiment "
+                "(default mnistlab) or a sweep's parent run id, and --tracking-uri if elsewhere"
+            ) from err
+        runs = client.search_runs(
+            [parent.info.experiment_id],
+            filter_string=f"tags.`mlflow.parentRunId` = '{target}'",
+            max_results=10_000,
+        )
+        title = f"sweep {parent.info.run_name} ({target})"
+    rows = []
+    for run in runs:
+        val = sorted(
+            (m.step, m.value) for m in client.get_metric_history(run.info.run_id, "val/acc")
+        )
+        end = run.info.end_time or int(time.time() * 1000)
+        tags = run.data.tags
+        rows.append({
+            "run_id": run.info.run_id,
+            "name": run.info.run_name,
+            "overrides": tags.get("sweep.overrides") or tags.get("hydra.overrides", ""),
+            "status": run.info.status,
+            "best_val_acc": max((v for _, v in val), default=float("nan")),
+            "test_acc": run.data.metrics.get("test/acc", float("nan")),
+            "duration_s": round((end - run.info.start_time) / 1000, 1),
+            "metrics": run.data.metrics,
+            "params": run.data.params,
+            "val_curve": val,
+        })  # fmt: skip
+    return title, rows
+
+
+def sort_key(metric: str, ascending: bool):
+    """Rows by `metric` (a column or a logged metric such as test/loss), missing values last."""
+
+    def key(row: dict[str, Any]) -> tuple[bool, float]:
+        value = row.get(metric, row["metrics"].get(metric, float("nan")))
+        missing = value is None or math.isnan(value)
+        return (missing, 0.0 if missing else (value if ascending else -value))
+
+    return key
+
+
+def varying(rows: list[dict[str, Any]]) -> list[str]:
+    """Hyperparameters whose values differ between the rows (bookkeeping keys aside)."""
+    keys = sorted({k for r in rows for k in r["params"] if not k.startswith(BOOKKEEPING)})
+    seen, out = set(), []
+    for key in keys:  # optimizer.lr, say, only repeats lr: one panel each
+        values = tuple(r["params"].get(key) for r in rows)
+        if len(set(values)) > 1 and values not in seen:
+            seen.add(values)
+            out.append(key)
+    return out
+
+
+def table(rows: list[dict[str, Any]]) -> str:
+    """The rows as an aligned text table."""
+    header = ["name", "status", "best val acc", "test acc", "duration s", "overrides"]
+    lines = [[r["name"], r["status"], f"{r['best_val_acc']:.4f}", f"{r['test_acc']:.4f}",
+              f"{r['duration_s']:.1f}", r["overrides"]] for r in rows]  # fmt: skip
+    widths = [max(len(str(x)) for x in col) for col in zip(header, *lines, strict=False)]
+    fmt = "  ".join(f"{{:<{w}}}" for w in widths[:-1]) + "  {}"
+    return "\n".join(fmt.format(*line) for line in [header, *lines])
+
+
+def store_uri(tracking_uri: str | None) -> str:
+    """The store to read, as `python -m train` would pick it; it must exist."""
+    uri = tracking.tracking_uri(OmegaConf.create({"mlflow": {"tracking_uri": tracking_uri}}))
+    db = uri[len(tracking.SQLITE_PREFIX) :]
+    if uri.startswith(tracking.SQLITE_PREFIX) and not Path(db).exists():
+        raise ConfigError(
+            f"--tracking-uri={tracking.shown(uri)}: no MLflow store there; "
+            "run from the folder that holds mlruns/ or pass --tracking-uri"
+        )
+    return uri
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Print the table; write the CSV and the figure; bad input gets one line and exit 2."""
+    parser = argparse.ArgumentParser(prog="python -m mnistlab.report", description=__doc__)
+    parser.add_argument("target", nargs="?", default="mnistlab", help=TARGET_HELP)
+    parser.add_argument("--tracking-uri", default=None, help="MLflow store (default as train)")
+    parser.add_argument("--sort", default="best_val_acc", help="column or metric to sort by")
+    parser.add_argument("--ascending", action="store_true", help="smallest first (for losses)")
+    parser.add_argument("--csv", type=Path, default=None, help="also write the table here")
+    parser.add_argument("--figure", type=Path, default=Path("report.png"), help="figure path")
+    parser.add_argument("--top", type=int, default=5, help="runs whose val-acc curves to draw")
+    args = parser.parse_args(argv)
+    try:
+        from mlflow import MlflowClient
+
+        uri = store_uri(args.tracking_uri)
+        title, rows = collect(MlflowClient(uri), args.target)
+        if not rows:
+            raise ConfigError(f"{args.target}: no runs to report in {tracking.shown(uri)}")
+    except ConfigError as err:
+        print(f"Error: {err}", file=sys.stderr)
+        sys.exit(2)
+    rows.sort(key=sort_key(args.sort, args.ascending))
+    print(f"{title}: {len(rows)} runs, sorted by {args.sort}")
+    print(table(rows))
+    if args.csv:
+        with open(args.csv, "w", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=COLUMNS, extrasaction="ignore")
+            writer.writeheader()
+            writer.writerows(rows)
+        print(f"table: {args.csv}")
+    from mnistlab.plots import sweep_summary
+
+    top = [r for r in rows if r["val_curve"]][: args.top]
+    curves = {r["name"]: r["val_curve"] for r in top}
+    metric = args.sort if args.sort in rows[0] else "best_val_acc"
+    sweep_summary(rows, varying(rows), args.figure, metric=metric, curves=curves)
+    print(f"figure: {args.figure}")
+
+
+if __name__ == "__main__":
+    main()
