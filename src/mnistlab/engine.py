@@ -88,7 +88,10 @@ def train_epoch(model, data, optimizer, cfg: DictConfig, epoch: int, step_losses
     steps = math.ceil(len(split) / cfg.batch_size)
     loss_sum = torch.zeros((), device=data.device)
     correct = torch.zeros((), dtype=torch.long, device=data.device)
-    bar = tqdm(total=steps, desc=f"epoch {epoch}/{cfg.epochs}", disable=None, leave=False)
+    bar = tqdm(  # samples/s and the loss; off when stderr is not a terminal (CI logs)
+        total=len(split), desc=f"epoch {epoch}", unit="img", unit_scale=True, disable=None,
+        leave=False, position=1,
+    )  # fmt: skip
     shuffled = data.batches(split, cfg.batch_size, epoch_generator(cfg.seed, epoch))
     for i, (inputs, labels) in enumerate(shuffled, start=1):
         with autocast(data.device, cfg.device.amp):
@@ -99,7 +102,7 @@ def train_epoch(model, data, optimizer, cfg: DictConfig, epoch: int, step_losses
         optimizer.step()
         loss_sum += loss.detach() * len(labels)
         correct += (logits.detach().argmax(dim=1) == labels).sum()
-        bar.update()
+        bar.update(len(labels))
         if i % every == 0:  # the only host sync inside the epoch
             value = loss.item()
             check_finite(value, f"epoch {epoch} step {i}", cfg.train.on_nan)
@@ -180,7 +183,8 @@ def train(cfg: DictConfig, output_dir: str | Path | None = None) -> float:
         uri = tracking.shown(tracking.tracking_uri(cfg))
         log.info(f"MLflow run {run.run_id} in {uri}, from epoch {first_epoch}")
         logged = run.logged_epochs()  # a replayed epoch (killed after logging) is not re-logged
-        for epoch in range(first_epoch, cfg.epochs + 1):
+        epochs = tqdm(range(first_epoch, cfg.epochs + 1), desc="epochs", disable=None, position=0)
+        for epoch in epochs:
             step_losses: list[tuple[int, float]] = []
             start = time.perf_counter()
             train_m = train_epoch(net, data, optimizer, cfg, epoch, step_losses)
@@ -199,6 +203,7 @@ def train(cfg: DictConfig, output_dir: str | Path | None = None) -> float:
                 + ", ".join(f"{k} {v:.4f}" for k, v in metrics.items())
                 + f", {epoch_time:.2f} s"
             )
+            epochs.set_postfix(val_acc=f"{val_m['acc']:.4f}")
             improved = val_m["acc"] > best_val_acc
             best_val_acc = max(best_val_acc, val_m["acc"])
             save_checkpoints(
@@ -222,6 +227,7 @@ def train(cfg: DictConfig, output_dir: str | Path | None = None) -> float:
         run.log_artifact(output_dir / ".hydra", ".hydra")
         run.log_artifact(output_dir / "train.log")
     log.info(f"Best val acc {best_val_acc:.4f}; outputs in {output_dir}")
+    log.info(f"MLflow run {run.run_id}: {tracking.how_to_open(cfg, run.run_id)}")
     return best_val_acc
 
 

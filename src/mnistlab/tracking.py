@@ -28,6 +28,18 @@ def shown(text: str) -> str:
     return re.sub(r"//([^/@:\s]+):[^/@\s]*@", r"//\1:***@", text)
 
 
+def how_to_open(cfg: DictConfig, run_id: str) -> str:
+    """The exact command (or address) that shows this run in the MLflow UI."""
+    uri = tracking_uri(cfg)
+    client, experiment_id = connect(cfg)
+    page = f"#/experiments/{experiment_id}/runs/{run_id}"
+    if uri.startswith(SQLITE_PREFIX):
+        db = Path(uri[len(SQLITE_PREFIX) :])
+        store = f"sqlite:///{db.relative_to(Path.cwd())}" if db.is_relative_to(Path.cwd()) else uri
+        return f"mlflow ui --backend-store-uri {store} --host 127.0.0.1, then open http://127.0.0.1:5000/{page}"
+    return f"open {shown(uri).rstrip('/')}/{page}"
+
+
 def artifact_root(uri: str) -> str | None:
     """A new experiment's artifact root: `artifacts/` beside a SQLite file, else the server's."""
     if not uri.startswith(SQLITE_PREFIX):

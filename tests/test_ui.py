@@ -1,0 +1,132 @@
+"""The real MLflow UI over a small sweep: its REST API, and its runs page in headless Chromium."""
+
+import os
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import requests
+
+from conftest import REPO, run_cli
+
+ARTIFACTS = Path(os.environ.get("MNISTLAB_TEST_ARTIFACTS", REPO / "test-artifacts"))
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    """A 3-job sweep in a fresh store, served by a real `mlflow server` on 127.0.0.1."""
+    cwd = tmp_path_factory.mktemp("ui")
+    args = ["-m", "data=synthetic", "epochs=2", "device=cpu", "lr=0.001,0.01,0.1",
+            "sweep_name=ui-sweep", "mlflow.log_model=false", "train.plots=false"]  # fmt: skip
+    assert run_cli(args, cwd=cwd).returncode == 0
+    port = free_port()
+    mlflow_bin = Path(sys.executable).with_name("mlflow")
+    proc = subprocess.Popen(
+        [str(mlflow_bin), "server", "--host", "127.0.0.1", "--port", str(port),
+         "--backend-store-uri", f"sqlite:///{cwd / 'mlruns' / 'mlflow.db'}", "--workers", "1"],
+        cwd=cwd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 90
+        while True:
+            try:
+                if requests.get(f"{url}/health", timeout=2).status_code == 200:
+                    break
+            except requests.ConnectionError:
+                pass
+            assert proc.poll() is None, "mlflow server exited"
+            assert time.monotonic() < deadline, "mlflow server did not come up in 90 s"
+            time.sleep(0.5)
+        yield url
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+
+
+def api(url: str, path: str, **body):
+    """POST (with a body) or GET one MLflow REST endpoint; the decoded JSON."""
+    full = f"{url}/api/2.0/mlflow/{path}"
+    response = (
+        requests.post(full, json=body, timeout=10) if body else requests.get(full, timeout=10)
+    )
+    response.raise_for_status()
+    return response.json()
+
+
+def test_the_server_serves_the_sweeps_runs_parent_links_params_and_metrics(server):
+    experiment = api(server, "experiments/get-by-name?experiment_name=mnistlab")["experiment"]
+    runs = api(server, "runs/search", experiment_ids=[experiment["experiment_id"]])["runs"]
+    assert len(runs) == 4
+    tags = {r["info"]["run_id"]: {t["key"]: t["value"] for t in r["data"]["tags"]} for r in runs}
+    (parent,) = [r for r in runs if "mlflow.parentRunId" not in tags[r["info"]["run_id"]]]
+    assert parent["info"]["run_name"] == "ui-sweep" and parent["info"]["status"] == "FINISHED"
+    children = [r for r in runs if r is not parent]
+    for child in children:
+        run_id = child["info"]["run_id"]
+        assert tags[run_id]["mlflow.parentRunId"] == parent["info"]["run_id"]
+        params = {p["key"]: p["value"] for p in child["data"]["params"]}
+        assert child["info"]["run_name"] == f"lr={params['lr']}"
+        points = api(server, f"metrics/get-history?run_id={run_id}&metric_key=val/acc")["metrics"]
+        assert sorted(p["step"] for p in points) == [1, 2]
+    assert sorted(c["info"]["run_name"] for c in children) == ["lr=0.001", "lr=0.01", "lr=0.1"]
+    best = {m["key"]: m["value"] for m in parent["data"]["metrics"]}["best/val_acc"]
+    assert 0 < best <= 1
+
+
+def test_the_runs_page_in_headless_chromium_lists_the_sweep(server):
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+    from selenium.webdriver.common.by import By
+
+    experiment = api(server, "experiments/get-by-name?experiment_name=mnistlab")["experiment"]
+    options = webdriver.ChromeOptions()
+    options.binary_location = "/usr/bin/chromium"
+    for flag in (
+        "--headless=new",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-dev-shm-usage",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        "--no-first-run",
+        "--disable-quic",
+        "--window-size=1600,1000",
+    ):
+        options.add_argument(flag)  # fmt: skip
+    driver = webdriver.Chrome(service=Service("/usr/bin/chromedriver"), options=options)
+    try:
+        driver.get(f"{server}/#/experiments/{experiment['experiment_id']}/runs")
+
+        def page_text() -> str:
+            return driver.find_element(By.TAG_NAME, "body").text
+
+        deadline = time.monotonic() + 60
+        while "ui-sweep" not in page_text():
+            assert time.monotonic() < deadline, "the runs page never showed the sweep"
+            time.sleep(0.5)
+        assert "4 matching runs" in page_text()
+        parent_row = driver.find_element(
+            By.XPATH, "//div[@role='row'][.//a[contains(., 'ui-sweep')]]"
+        )
+        parent_row.find_element(By.CSS_SELECTOR, "button").click()  # unfold the sweep's jobs
+        names = ["lr=0.001", "lr=0.01", "lr=0.1"]
+        while not all(name in page_text() for name in names):
+            assert time.monotonic() < deadline, "the sweep's jobs never showed"
+            time.sleep(0.5)
+        ARTIFACTS.mkdir(parents=True, exist_ok=True)
+        shot = ARTIFACTS / "mlflow_ui_sweep.png"
+        assert driver.save_screenshot(str(shot))
+        assert shot.read_bytes()[:4] == b"\x89PNG" and shot.stat().st_size > 20_000
+    finally:
+        driver.quit()
