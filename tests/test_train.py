@@ -91,6 +91,8 @@ def test_cli_run_records_everything_in_the_cwd_store(tmp_path):
     assert run.info.artifact_uri.startswith((tmp_path / "mlruns" / "artifacts").as_uri())
     check_record(client, run, epochs=2, tmp_path=tmp_path)
     assert run.data.tags["hydra.overrides"].startswith("data=synthetic epochs=2")
+    out_dir = Path(run.data.tags["hydra.output_dir"]).name
+    assert run.info.run_name == f"mlp-adam-synthetic-{out_dir}"  # not MLflow's seeded random name
     assert Path(run.data.tags["hydra.output_dir"]).parent.parent == tmp_path / "outputs"
 
 

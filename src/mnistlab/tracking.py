@@ -240,7 +240,10 @@ def start_run(
     client, experiment_id = connection.result() if connection else connect(cfg)
     context = hydra_context()
     child = child_context() or {}  # parent link and sweep tags when this is a sweep's job
-    run_name = cfg.mlflow.run_name or child.pop("run_name", None)
+    # MLflow's own random names come from the seeded `random`: every run would be called alike
+    picks = [context["choices"].get(group) for group in ("model", "optimizer", "data")]
+    default_name = "-".join([*(p for p in picks if p), output_dir.name])
+    run_name = cfg.mlflow.run_name or child.pop("run_name", None) or default_name
     all_tags = resolve_tags(
         {
             **git_state(),

@@ -1,0 +1,108 @@
+"""Make the README's images from a real run and a real sweep: `python scripts/readme_images.py`.
+
+Trains the tutorial MLP for 3 epochs and sweeps lr over 3 values (MNIST from MNISTLAB_DATA or
+../shared/data), in a temp dir with its own MLflow store, then copies into docs/images/ the
+run's four plots, the sweep's summary and report figures, and two screenshots of the real MLflow
+UI (headless Chromium): the runs table with the sweep unfolded, and its chart view.
+"""
+
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import requests
+
+REPO = Path(__file__).resolve().parents[1]
+OUT = REPO / "docs" / "images"
+DATA = os.environ.get("MNISTLAB_DATA", str(REPO.parent / "shared" / "data"))
+
+
+def sh(*args: str, cwd: Path) -> None:
+    """Run a command in cwd, failing loudly."""
+    env = {**os.environ, "MNISTLAB_DATA": DATA}
+    env.pop("MLFLOW_TRACKING_URI", None)
+    subprocess.run([sys.executable, *args], cwd=cwd, env=env, check=True)
+
+
+def screenshots(cwd: Path, sweep_name: str) -> None:
+    """Serve the store with `mlflow server` and photograph the runs page and its chart view."""
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+    from selenium.webdriver.common.by import By
+
+    url, mlflow_bin = "http://127.0.0.1:5123", Path(sys.executable).with_name("mlflow")
+    server = subprocess.Popen(
+        [str(mlflow_bin), "server", "--host", "127.0.0.1", "--port", "5123", "--workers", "1",
+         "--backend-store-uri", f"sqlite:///{cwd / 'mlruns' / 'mlflow.db'}"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    options = webdriver.ChromeOptions()
+    options.binary_location = "/usr/bin/chromium"
+    for flag in (
+        "--headless=new",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-dev-shm-usage",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        "--no-first-run",
+        "--window-size=1500,900",
+    ):
+        options.add_argument(flag)  # fmt: skip
+    driver = None
+    try:
+        for _ in range(180):
+            try:
+                if requests.get(f"{url}/health", timeout=2).ok:
+                    break
+            except requests.ConnectionError:
+                time.sleep(0.5)
+        experiment = requests.get(
+            f"{url}/api/2.0/mlflow/experiments/get-by-name?experiment_name=mnistlab", timeout=10
+        ).json()["experiment"]["experiment_id"]
+        driver = webdriver.Chrome(service=Service("/usr/bin/chromedriver"), options=options)
+        for view, name in (("TABLE", "mlflow_ui_runs.png"), ("CHART", "mlflow_ui_charts.png")):
+            driver.get(f"{url}/#/experiments/{experiment}/runs?compareRunsMode={view}")
+            for _ in range(120):
+                if sweep_name in driver.find_element(By.TAG_NAME, "body").text:
+                    break
+                time.sleep(0.5)
+            if view == "TABLE":
+                row = driver.find_element(
+                    By.XPATH, f"//div[@role='row'][.//a[contains(., '{sweep_name}')]]"
+                )
+                row.find_element(By.CSS_SELECTOR, "button").click()
+            time.sleep(3)  # let the charts draw
+            driver.save_screenshot(str(OUT / name))
+    finally:
+        if driver:
+            driver.quit()
+        server.terminate()
+
+
+def main() -> None:
+    """Run, sweep, report, photograph; write everything to docs/images/."""
+    OUT.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory() as tmp:
+        cwd = Path(tmp)
+        sh("-m", "train", "epochs=3", "mlflow.log_model=false", cwd=cwd)
+        (plots,) = cwd.glob("outputs/*/*/plots")
+        for png in plots.glob("*.png"):
+            shutil.copy(png, OUT / png.name)
+        grid = ["epochs=3", "lr=1e-4,1e-3,1e-2", "batch_size=64,256", "sweep_name=lr-x-batch"]
+        sh("-m", "train", "-m", *grid, "mlflow.log_model=false", "train.plots=false", cwd=cwd)
+        (summary,) = cwd.glob("multirun/*/*/summary/summary.png")
+        shutil.copy(summary, OUT / "sweep_summary.png")
+        parent = next(cwd.glob("multirun/*/*/mlflow_parent_run_id")).read_text().strip()
+        sh("-m", "mnistlab.report", parent, "--figure", str(OUT / "report.png"), cwd=cwd)
+        screenshots(cwd, "lr-x-batch")
+    print(f"images in {OUT}")
+
+
+if __name__ == "__main__":
+    main()
