@@ -12,7 +12,7 @@ import hydra
 from omegaconf import DictConfig
 
 from mnistlab import sweep
-from mnistlab.config import CONF_DIR, ConfigError, register, validate
+from mnistlab.config import CONF_DIR, ConfigError, check_command_line, register, validate
 
 register()
 log = logging.getLogger("train")
@@ -45,8 +45,15 @@ def main(cfg: DictConfig) -> float:
 
 
 def run_and_exit() -> None:
-    """Run `main`, then exit without tearing the interpreter down: freeing torch's and MLflow's
-    modules takes 1-2 s after everything is written. Exit handlers still run first."""
+    """Check the command line, run `main`, then exit without tearing the interpreter down:
+    freeing torch's and MLflow's modules takes 1-2 s after everything is written."""
+    try:
+        check_command_line(sys.argv[1:])
+    except ConfigError as err:  # one line, exit 2, before any job or MLflow run exists
+        if os.environ.get("HYDRA_FULL_ERROR") == "1":
+            raise
+        print(f"Error: {err}", file=sys.stderr)
+        sys.exit(2)
     try:
         main()
         code = 1 if sweep.STATE.failed_jobs else 0

@@ -185,6 +185,15 @@ def test_cli_prints_the_composed_config_without_training(tmp_path: Path):
     [
         (["+optimzer.lr=1"], "Error: optimzer is not a known key: did you mean optimizer?"),
         (["lr=-1", "data=synthetic"], "Error: lr=-1.0 is invalid"),
+        (["lr=abc"], "Error: lr: Value 'abc' of type 'str' could not be converted to Float"),
+        (["model=resnet"], "Error: model=resnet is not an option: use one of cnn, mlp"),
+        (
+            ["model.hiden_sizes=[1]"],
+            "Error: model.hiden_sizes is not a known key: did you mean model.hidden_sizes?",
+        ),
+        (["device.type=gpu"], "Error: device.type: Invalid value 'gpu', expected one of [auto"),
+        (["-m", "data=synthetic", "lr=1e-3,-1"], "Error: lr=-1.0 is invalid"),  # before job 0
+        (["-m", "batch_size=32,0.5"], "Error: batch_size: Value '0.5' of type 'float' could not"),
         (
             ["data.root=/nonexistent", "data.download=false"],
             "Error: data.root=/nonexistent: no MNIST in /nonexistent/MNIST/raw",

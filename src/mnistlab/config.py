@@ -242,3 +242,59 @@ def compose(overrides: list[str] | None = None) -> DictConfig:
     with open_dict(cfg):
         del cfg["hydra"]
     return cfg
+
+
+def explain(err: Exception) -> str:
+    """One line for a Hydra or OmegaConf composition error: the key, the bad value, the fix."""
+    from hydra.errors import MissingConfigException, OverrideParseException
+    from omegaconf.errors import ConfigAttributeError, OmegaConfBaseException
+
+    if isinstance(err, MissingConfigException) and err.options is not None:
+        missing = str(err).split("Could not find '", 1)[-1].split("'", 1)[0]
+        group, _, option = missing.rpartition("/")
+        options = [o for o in err.options if not o.endswith("_schema")]
+        return f"{group}={option} is not an option: use one of {', '.join(options)}"
+    if isinstance(err, OverrideParseException):
+        return f"{str(err).splitlines()[0]}: write overrides as key=value (Hydra's grammar)"
+    cause = err
+    while cause.__cause__ is not None and not isinstance(cause, OmegaConfBaseException):
+        cause = cause.__cause__
+    if isinstance(cause, ConfigAttributeError) and cause.full_key:
+        schema, key = cause.object_type, cause.full_key
+        known = [f.name for f in fields(schema)] if is_dataclass(schema) else []
+        near = difflib.get_close_matches(key.rsplit(".", 1)[-1], known, n=1)
+        hint = (
+            f"did you mean {key.rsplit('.', 1)[0] + '.' if '.' in key else ''}{near[0]}?"
+            if near
+            else f"known keys: {known}"
+        )
+        return f"{key} is not a known key: {hint}"
+    if isinstance(cause, OmegaConfBaseException) and cause.full_key:
+        return f"{cause.full_key}: {str(cause).splitlines()[0]}"
+    return " ".join(str(err).split())
+
+
+def check_command_line(argv: list[str]) -> None:
+    """Compose and validate the config of every job the command line asks for, before Hydra
+    starts and before any MLflow run exists; raise ConfigError naming the first mistake.
+
+    Command lines with Hydra's own flags (--help, --cfg, -c, ...) are left to Hydra.
+    """
+    from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from hydra.errors import HydraException
+    from omegaconf.errors import OmegaConfBaseException
+
+    multirun = any(a in ("-m", "--multirun") for a in argv)
+    overrides = [a for a in argv if a not in ("-m", "--multirun")]
+    if any(a.startswith("-") for a in overrides):
+        return
+    try:
+        jobs = [overrides]
+        if multirun:
+            parsed = OverridesParser.create().parse_overrides(overrides)
+            jobs = BasicSweeper.split_arguments(parsed, None)[0][:1000]
+        for job in jobs:
+            validate(compose(job))
+    except (HydraException, OmegaConfBaseException) as err:
+        raise ConfigError(explain(err)) from err
