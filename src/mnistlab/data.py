@@ -141,8 +141,8 @@ def read_cached(dataset: str, root: Path, download: bool, cache_dir: Path | None
         f"{p.name}:{p.stat().st_size}:{p.stat().st_mtime_ns};" for p in sorted(raw.glob("*ubyte"))
     )
     key = hashlib.sha1(f"{dataset}|{root}|{stamp}".encode()).hexdigest()[:12]
-    cache = Path(cache_dir or ".").expanduser() / f"{raw.parent.name}-{key}.pt"
-    if cache_dir and stamp and cache.exists():
+    cache = Path(cache_dir).expanduser() / f"{raw.parent.name}-{key}.pt" if cache_dir else None
+    if cache and stamp and cache.exists():
         try:
             return torch.load(cache, weights_only=True)
         except Exception:  # a corrupt cache is rebuilt, never trusted
@@ -157,7 +157,7 @@ def read_cached(dataset: str, root: Path, download: bool, cache_dir: Path | None
         "test_labels": test.targets,
         "classes": list(cls.classes),
     }
-    if cache_dir and stamp:  # files that were just downloaded are cached on the next run
+    if cache and stamp:  # files that were just downloaded are cached on the next run
         with contextlib.suppress(OSError):  # an unwritable cache only costs the decode next time
             atomic_write(cache, lambda f: torch.save(tensors, f))
     return tensors

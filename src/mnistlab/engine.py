@@ -227,7 +227,7 @@ def train(cfg: DictConfig, output_dir: str | Path | None = None) -> float:
         run.log_artifact(output_dir / ".hydra", ".hydra")
         run.log_artifact(output_dir / "train.log")
     log.info(f"Best val acc {best_val_acc:.4f}; outputs in {output_dir}")
-    log.info(f"MLflow run {run.run_id}: {tracking.how_to_open(cfg, run.run_id)}")
+    log.info(f"MLflow run {run.run_id}: {tracking.how_to_open(tracking.tracking_uri(cfg), run)}")
     return best_val_acc
 
 

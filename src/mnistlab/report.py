@@ -11,7 +11,6 @@ import argparse
 import csv
 import math
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
@@ -49,26 +48,7 @@ def collect(client: Any, target: str) -> tuple[str, list[dict[str, Any]]]:
             max_results=10_000,
         )
         title = f"sweep {parent.info.run_name} ({target})"
-    rows = []
-    for run in runs:
-        val = sorted(
-            (m.step, m.value) for m in client.get_metric_history(run.info.run_id, "val/acc")
-        )
-        end = run.info.end_time or int(time.time() * 1000)
-        tags = run.data.tags
-        rows.append({
-            "run_id": run.info.run_id,
-            "name": run.info.run_name,
-            "overrides": tags.get("sweep.overrides") or tags.get("hydra.overrides", ""),
-            "status": run.info.status,
-            "best_val_acc": max((v for _, v in val), default=float("nan")),
-            "test_acc": run.data.metrics.get("test/acc", float("nan")),
-            "duration_s": round((end - run.info.start_time) / 1000, 1),
-            "metrics": run.data.metrics,
-            "params": run.data.params,
-            "val_curve": val,
-        })  # fmt: skip
-    return title, rows
+    return title, [tracking.run_row(client, run) for run in runs]
 
 
 def sort_key(metric: str, ascending: bool):
@@ -97,7 +77,7 @@ def varying(rows: list[dict[str, Any]]) -> list[str]:
 def table(rows: list[dict[str, Any]]) -> str:
     """The rows as an aligned text table."""
     header = ["name", "status", "best val acc", "test acc", "duration s", "overrides"]
-    lines = [[r["name"], r["status"], f"{r['best_val_acc']:.4f}", f"{r['test_acc']:.4f}",
+    lines = [[r["name"], r["status"], f"{r['best_val_acc']:.4f}", f"{r['final_test_acc']:.4f}",
               f"{r['duration_s']:.1f}", r["overrides"]] for r in rows]  # fmt: skip
     widths = [max(len(str(x)) for x in col) for col in zip(header, *lines, strict=False)]
     fmt = "  ".join(f"{{:<{w}}}" for w in widths[:-1]) + "  {}"
@@ -107,8 +87,8 @@ def table(rows: list[dict[str, Any]]) -> str:
 def store_uri(tracking_uri: str | None) -> str:
     """The store to read, as `python -m train` would pick it; it must exist."""
     uri = tracking.tracking_uri(OmegaConf.create({"mlflow": {"tracking_uri": tracking_uri}}))
-    db = uri[len(tracking.SQLITE_PREFIX) :]
-    if uri.startswith(tracking.SQLITE_PREFIX) and not Path(db).exists():
+    db = tracking.sqlite_path(uri)
+    if db is not None and not db.exists():
         raise ConfigError(
             f"--tracking-uri={tracking.shown(uri)}: no MLflow store there; "
             "run from the folder that holds mlruns/ or pass --tracking-uri"
@@ -144,7 +124,7 @@ def main(argv: list[str] | None = None) -> None:
         with open(args.csv, "w", newline="") as f:
             writer = csv.DictWriter(f, fieldnames=COLUMNS, extrasaction="ignore")
             writer.writeheader()
-            writer.writerows(rows)
+            writer.writerows({**r, "test_acc": r["final_test_acc"]} for r in rows)
         print(f"table: {args.csv}")
     from mnistlab.plots import sweep_summary
 

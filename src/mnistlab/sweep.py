@@ -14,7 +14,6 @@ import os
 import shlex
 import sqlite3
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
@@ -97,8 +96,8 @@ def mark_failed(reason: str) -> None:
 
 def prepare_store(uri: str) -> None:
     """Put a new SQLite store in WAL mode, so parallel jobs can write while others read."""
-    if uri.startswith(tracking.SQLITE_PREFIX):
-        db = Path(uri[len(tracking.SQLITE_PREFIX) :])
+    db = tracking.sqlite_path(uri)
+    if db is not None:
         with sqlite3.connect(db, timeout=30) as con:
             con.execute("PRAGMA journal_mode=WAL")
 
@@ -189,25 +188,12 @@ def child_rows(client: Any, parent_run_id: str) -> list[dict[str, Any]]:
         filter_string=f"tags.`mlflow.parentRunId` = '{parent_run_id}'",
         max_results=10_000,
     )
-    rows_by_job: dict[str | None, dict[str, Any]] = {}
+    rows_by_job: dict[int, dict[str, Any]] = {}
     for run in children:
-        val = [m.value for m in client.get_metric_history(run.info.run_id, "val/acc")]
-        end = run.info.end_time or int(time.time() * 1000)
-        row = rows_by_job.get(run.data.tags.get("sweep.job_num"))
-        if row and row["start_time"] > run.info.start_time:
-            continue  # a job redone with force=true: its latest run counts
-        rows_by_job[run.data.tags.get("sweep.job_num")] = {
-            "start_time": run.info.start_time,
-            "run_id": run.info.run_id,
-            "job_num": int(run.data.tags.get("sweep.job_num", -1)),
-            "overrides": run.data.tags.get("sweep.overrides", ""),
-            "status": run.info.status,
-            "best_val_acc": max(val) if val else float("nan"),
-            "final_test_acc": run.data.metrics.get("test/acc", float("nan")),
-            "final_test_loss": run.data.metrics.get("test/loss", float("nan")),
-            "duration_s": round((end - run.info.start_time) / 1000, 3),
-            "params": run.data.params,
-        }
+        row = tracking.run_row(client, run)
+        earlier = rows_by_job.get(row["job_num"])
+        if earlier is None or earlier["start_time"] < row["start_time"]:
+            rows_by_job[row["job_num"]] = row  # a job redone with force=true: its latest run
     return sorted(rows_by_job.values(), key=lambda r: r["job_num"])
 
 
@@ -218,9 +204,8 @@ def summarise(client: Any, parent_run_id: str, sweep_dir: Path) -> int:
     rows = child_rows(client, parent_run_id)
     failed_marks = list(sweep_dir.rglob(FAILED_MARK))
     failed = max(len(failed_marks), sum(r["status"] != "FINISHED" for r in rows))
-    n_jobs = max(
-        len(rows), len(rows) + len(failed_marks) - sum(r["status"] == "FAILED" for r in rows)
-    )
+    runless = len(failed_marks) - sum(r["status"] == "FAILED" for r in rows)  # failed before a run
+    n_jobs = len(rows) + max(0, runless)
     client.set_tag(parent_run_id, "sweep.n_jobs", str(n_jobs))
     client.set_tag(parent_run_id, "sweep.n_failed", str(failed))
     finished = [r for r in rows if r["status"] == "FINISHED" and not math.isnan(r["best_val_acc"])]

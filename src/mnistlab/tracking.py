@@ -28,13 +28,16 @@ def shown(text: str) -> str:
     return re.sub(r"//([^/@:\s]+):[^/@\s]*@", r"//\1:***@", text)
 
 
-def how_to_open(cfg: DictConfig, run_id: str) -> str:
+def sqlite_path(uri: str) -> Path | None:
+    """The database file of a `sqlite:///` store URI, None for any other store."""
+    return Path(uri[len(SQLITE_PREFIX) :]) if uri.startswith(SQLITE_PREFIX) else None
+
+
+def how_to_open(uri: str, run: "Run") -> str:
     """The exact command (or address) that shows this run in the MLflow UI."""
-    uri = tracking_uri(cfg)
-    client, experiment_id = connect(cfg)
-    page = f"#/experiments/{experiment_id}/runs/{run_id}"
-    if uri.startswith(SQLITE_PREFIX):
-        db = Path(uri[len(SQLITE_PREFIX) :])
+    page = f"#/experiments/{run.experiment_id}/runs/{run.run_id}"
+    db = sqlite_path(uri)
+    if db is not None:
         store = f"sqlite:///{db.relative_to(Path.cwd())}" if db.is_relative_to(Path.cwd()) else uri
         return f"mlflow ui --backend-store-uri {store} --host 127.0.0.1, then open http://127.0.0.1:5000/{page}"
     return f"open {shown(uri).rstrip('/')}/{page}"
@@ -42,9 +45,10 @@ def how_to_open(cfg: DictConfig, run_id: str) -> str:
 
 def artifact_root(uri: str) -> str | None:
     """A new experiment's artifact root: `artifacts/` beside a SQLite file, else the server's."""
-    if not uri.startswith(SQLITE_PREFIX):
+    db = sqlite_path(uri)
+    if db is None:
         return None
-    db = Path(uri[len(SQLITE_PREFIX) :]).resolve()
+    db = db.resolve()
     db.parent.mkdir(parents=True, exist_ok=True)
     return (db.parent / "artifacts").as_uri()
 
@@ -105,9 +109,10 @@ def git_state() -> dict[str, str]:
 class Run:
     """A live MLflow run: metrics go out in one batch per epoch."""
 
-    def __init__(self, client: Any, run_id: str):
+    def __init__(self, client: Any, run_id: str, experiment_id: str):
         self.client = client
         self.run_id = run_id
+        self.experiment_id = experiment_id
 
     def log_epoch(
         self, epoch: int, metrics: dict[str, float], step_losses: list[tuple[int, float]]
@@ -162,6 +167,29 @@ class Run:
     def set_tag(self, key: str, value: str) -> None:
         """Set one run tag."""
         self.client.set_tag(self.run_id, key, value)
+
+
+def run_row(client: Any, run: Any) -> dict[str, Any]:
+    """What comparisons show of a finished (or failed) run: name, status, val-acc curve, best
+    val acc, final test metrics, duration, params; missing values are NaN."""
+    tags = run.data.tags
+    val = sorted((m.step, m.value) for m in client.get_metric_history(run.info.run_id, "val/acc"))
+    end = run.info.end_time or int(time.time() * 1000)
+    return {
+        "run_id": run.info.run_id,
+        "name": run.info.run_name,
+        "job_num": int(tags.get("sweep.job_num", -1)),
+        "overrides": tags.get("sweep.overrides") or tags.get("hydra.overrides", ""),
+        "status": run.info.status,
+        "best_val_acc": max((v for _, v in val), default=float("nan")),
+        "final_test_acc": run.data.metrics.get("test/acc", float("nan")),
+        "final_test_loss": run.data.metrics.get("test/loss", float("nan")),
+        "start_time": run.info.start_time,
+        "duration_s": round((end - run.info.start_time) / 1000, 3),
+        "val_curve": val,
+        "metrics": run.data.metrics,
+        "params": run.data.params,
+    }
 
 
 def get_experiment_id(client: Any, name: str, uri: str) -> str:
@@ -267,7 +295,7 @@ def start_run(
         with _sigterm_raises():
             if not resume_run_id:
                 client.log_batch(run_id, params=[Param(k, v) for k, v in params.items()])
-            yield Run(client, run_id)
+            yield Run(client, run_id, experiment_id)
         status = RunStatus.FINISHED
     except KeyboardInterrupt as err:
         status = RunStatus.KILLED
