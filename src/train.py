@@ -36,6 +36,12 @@ def main(cfg: DictConfig) -> float:
             return float("nan")
         print(f"Error: {err}", file=sys.stderr)
         sys.exit(2)
+    except FloatingPointError as err:  # a NaN or inf loss: the run is FAILED, the reason tagged
+        if sweep.in_multirun():
+            sweep.mark_failed(str(err))
+            return float("nan")
+        print(f"Error: {err}", file=sys.stderr)
+        sys.exit(1)
     except Exception as err:
         if not sweep.in_multirun():
             raise
@@ -59,9 +65,10 @@ def run_and_exit() -> None:
         code = 1 if sweep.STATE.failed_jobs else 0
     except SystemExit as done:
         code = done.code if isinstance(done.code, int) else (0 if done.code is None else 1)
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as err:  # Ctrl-C or SIGTERM: the run is KILLED, a checkpoint saved
         sweep.finish("KILLED")
-        raise
+        print(f"Stopped: {err or 'interrupted'}", file=sys.stderr)
+        code = 130
     finally:
         sweep.finish("FAILED")  # a parent still open here stopped before its summary
     atexit._run_exitfuncs()

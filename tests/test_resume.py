@@ -1,5 +1,5 @@
-"""Checkpoints and resume: a SIGKILL loses at most the epoch in progress, and resuming into the
-same MLflow run ends exactly where an uninterrupted run ends."""
+"""Checkpoints and resume: a SIGKILL loses at most the epoch in progress, Ctrl-C and SIGTERM lose
+nothing, and resuming into the same MLflow run ends exactly where an uninterrupted run ends."""
 
 import os
 import signal
@@ -30,13 +30,13 @@ def logged_epochs(db: Path) -> int:
         return 0
 
 
-def kill_during_epoch_2(cwd: Path) -> Path:
-    """Start the run, SIGKILL it once epoch 1 is logged (so during epoch 2); its output dir."""
+def stop_during_epoch_2(cwd: Path, sig: signal.Signals) -> Path:
+    """Start the run, send `sig` once epoch 1 is logged (so during epoch 2); its output dir."""
     env = {**os.environ, "MNISTLAB_DATA": str(DATA_ROOT)}
     env.pop("MLFLOW_TRACKING_URI", None)
     proc = subprocess.Popen(
         [sys.executable, "-m", "train", *RUN], cwd=cwd, env=env,
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
     )  # fmt: skip
     try:
         deadline = time.monotonic() + 180
@@ -44,32 +44,45 @@ def kill_during_epoch_2(cwd: Path) -> Path:
             assert proc.poll() is None and time.monotonic() < deadline, "no epoch was logged"
             time.sleep(0.05)
         time.sleep(0.3)  # well inside epoch 2, which takes seconds
-        assert proc.poll() is None, "the run ended before it could be killed"
-        proc.send_signal(signal.SIGKILL)
-        proc.wait(timeout=30)
+        assert proc.poll() is None, "the run ended before it could be stopped"
+        proc.send_signal(sig)
+        _, stderr = proc.communicate(timeout=60)
     finally:
         proc.kill()
+    if sig != signal.SIGKILL:  # a clean stop: one line, the checkpoint named, no traceback
+        assert proc.returncode == 130, stderr[-2000:]
+        assert f"Stopped: received signal {sig.name}; checkpoint at epoch 2 step" in stderr
+        assert "Traceback" not in stderr
     (run_dir,) = (cwd / "outputs").glob("*/*")
     return run_dir
 
 
-def test_sigkill_mid_epoch_then_resume_equals_an_uninterrupted_run(tmp_path):
-    straight, broken = tmp_path / "straight", tmp_path / "broken"
-    straight.mkdir(), broken.mkdir()
+@pytest.fixture(scope="module")
+def straight_run(tmp_path_factory):
+    """The reference: the same run, never interrupted."""
+    straight = tmp_path_factory.mktemp("straight")
     result = run_cli(RUN, cwd=straight)
     assert result.returncode == 0, result.stderr[-2000:]
-    client_a, run_a = only_run(f"sqlite:///{straight / 'mlruns' / 'mlflow.db'}")
+    return only_run(f"sqlite:///{straight / 'mlruns' / 'mlflow.db'}")
 
-    run_dir = kill_during_epoch_2(broken)
+
+@pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGINT, signal.SIGTERM], ids=str)
+def test_stopped_mid_epoch_then_resumed_equals_an_uninterrupted_run(tmp_path, straight_run, sig):
+    client_a, run_a = straight_run
+    run_dir = stop_during_epoch_2(tmp_path, sig)
     state = torch.load(run_dir / "last.pth", weights_only=True)
-    assert state["epoch"] == 1  # the epoch in progress is all that was lost
-    client_b, killed = only_run(f"sqlite:///{broken / 'mlruns' / 'mlflow.db'}")
-    assert killed.info.status == "RUNNING"  # SIGKILL leaves no chance to close it
+    assert state["epoch"] == 1
+    client_b, stopped = only_run(f"sqlite:///{tmp_path / 'mlruns' / 'mlflow.db'}")
+    if sig == signal.SIGKILL:  # no chance to save or close: epoch 2 so far is lost
+        assert state["partial"] is None and stopped.info.status == "RUNNING"
+    else:  # Ctrl-C and SIGTERM save the steps of epoch 2 done so far, and close the run
+        assert state["partial"]["step"] >= 1 and stopped.info.status == "KILLED"
+        assert sig.name in stopped.data.tags["failure_reason"]
 
-    result = run_cli([f"resume={run_dir}"], cwd=broken)
+    result = run_cli([f"resume={run_dir}"], cwd=tmp_path)
     assert result.returncode == 0, result.stderr[-2000:]
-    client_b, run_b = only_run(f"sqlite:///{broken / 'mlruns' / 'mlflow.db'}")
-    assert run_b.info.run_id == killed.info.run_id and run_b.info.status == "FINISHED"
+    client_b, run_b = only_run(f"sqlite:///{tmp_path / 'mlruns' / 'mlflow.db'}")
+    assert run_b.info.run_id == stopped.info.run_id and run_b.info.status == "FINISHED"
     assert run_b.data.params == run_a.data.params
     for key in EPOCH_METRICS:
         points = history(client_b, run_b.info.run_id, key)

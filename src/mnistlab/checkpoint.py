@@ -46,12 +46,15 @@ def save_checkpoint(
     run_id: str,
     cfg: DictConfig,
     data_info: dict[str, Any],
+    partial: dict[str, Any] | None = None,
 ) -> None:
-    """Write everything needed to continue training after `epoch`, atomically."""
+    """Write everything needed to continue training after `epoch` (and `partial`, the steps of
+    the next epoch done before a signal stopped it), atomically."""
     state = {
         "format": FORMAT,
         "data": data_info,
         "epoch": epoch,
+        "partial": partial,
         "best_val_acc": best_val_acc,
         "run_id": run_id,
         "config": OmegaConf.to_container(cfg, resolve=True, enum_to_str=True),

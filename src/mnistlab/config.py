@@ -4,13 +4,15 @@ This module imports no torch or mlflow: `python -m train --help` and `--cfg job`
 """
 
 import difflib
+import math
+import tempfile
 from dataclasses import dataclass, field, fields, is_dataclass
 from enum import Enum
 from pathlib import Path
 from typing import Any
 
 from hydra.core.config_store import ConfigStore
-from omegaconf import II, MISSING, DictConfig, OmegaConf, open_dict
+from omegaconf import II, MISSING, DictConfig, ListConfig, OmegaConf, open_dict
 
 # conf/ sits at the repository root, next to src/ (the project is installed editable).
 CONF_DIR = str(Path(__file__).resolve().parents[2] / "conf")
@@ -206,22 +208,63 @@ def unknown_keys(node: DictConfig, prefix: str = "") -> list[str]:
     return errors
 
 
+def _all(test: Any) -> Any:
+    """A check that holds for a number, or for every number of a list."""
+    return lambda v: all(test(x) for x in v) if isinstance(v, list | ListConfig) else test(v)
+
+
+def _finite(v: Any) -> bool:
+    return isinstance(v, int | float) and math.isfinite(v)
+
+
+# (key, check, what is allowed): keys a config lacks (an option's own fields) are skipped.
+RANGES = [
+    ("lr", lambda v: _finite(v) and v > 0, "a positive learning rate, e.g. lr=1e-3"),
+    ("batch_size", lambda v: v >= 1, "an integer >= 1, e.g. batch_size=64"),
+    ("epochs", lambda v: v >= 1, "an integer >= 1, e.g. epochs=10"),
+    ("seed", lambda v: 0 <= v < 2**32, "an integer from 0 to 4294967295, e.g. seed=0"),
+    ("train.log_every", lambda v: v >= 1, "an integer >= 1, e.g. train.log_every=100"),
+    ("train.eval_batch_size", lambda v: v >= 1, "an integer >= 1"),
+    ("device.threads", lambda v: v is None or v >= 1, "an integer >= 1, or null for torch's"),
+    ("mlflow.experiment", lambda v: bool(v and v.strip()), "a non-empty experiment name"),
+    ("model.hidden_sizes", _all(lambda v: v >= 1), "a list of layer widths >= 1, e.g. [512,512]"),
+    ("model.channels", _all(lambda v: v >= 1), "a list of channel counts >= 1, e.g. [32,64]"),
+    ("model.hidden_size", lambda v: v >= 1, "an integer >= 1, e.g. 256"),
+    ("model.dropout", lambda v: 0 <= v < 1, "a probability in [0, 1), e.g. 0.5"),
+    ("optimizer.betas", _all(lambda v: 0 <= v < 1), "two numbers in [0, 1), e.g. [0.9,0.999]"),
+    ("optimizer.eps", lambda v: _finite(v) and v > 0, "a small positive number, e.g. 1e-8"),
+    ("optimizer.weight_decay", lambda v: _finite(v) and v >= 0, "a number >= 0, e.g. 0.01"),
+    ("optimizer.momentum", lambda v: _finite(v) and v >= 0, "a number >= 0, e.g. 0.9"),
+    ("data.val_size", lambda v: v >= 1, "an integer >= 1, e.g. data.val_size=5000"),
+    ("data.train_size", lambda v: v >= 2, "an integer >= 2, e.g. 3000"),
+    ("data.test_size", lambda v: v >= 1, "an integer >= 1, e.g. 1000"),
+    ("data.noise", lambda v: _finite(v) and v >= 0, "a grey-level std >= 0, e.g. 60"),
+    ("data.std", lambda v: _finite(v) and v > 0, "a positive pixel std, e.g. 0.3081"),
+    ("data.mean", _finite, "a finite pixel mean, e.g. 0.1307"),
+    ("data.num_workers", lambda v: v >= 0, "an integer >= 0 (0 loads in the main process)"),
+]
+
+
 def validate(cfg: DictConfig) -> None:
     """Check what types alone cannot (added keys, value ranges), before anything is loaded."""
     errors = unknown_keys(cfg)
     if errors:
         raise ConfigError(errors[0])
-    checks = [
-        ("lr", cfg.lr > 0, "a positive learning rate, e.g. lr=1e-3"),
-        ("batch_size", cfg.batch_size >= 1, "an integer >= 1, e.g. batch_size=64"),
-        ("epochs", cfg.epochs >= 1, "an integer >= 1, e.g. epochs=10"),
-        ("data.val_size", cfg.data.val_size >= 1, "an integer >= 1, e.g. data.val_size=5000"),
-        ("train.log_every", cfg.train.log_every >= 1, "an integer >= 1, e.g. train.log_every=100"),
-        ("train.eval_batch_size", cfg.train.eval_batch_size >= 1, "an integer >= 1"),
-    ]
-    for key, ok, allowed in checks:
-        if not ok:
-            raise ConfigError(f"{key}={OmegaConf.select(cfg, key)} is invalid: use {allowed}")
+    for key, check, allowed in RANGES:
+        node = OmegaConf.select(cfg, key, default=_ABSENT)
+        if node is _ABSENT:
+            continue
+        value = OmegaConf.to_object(node) if isinstance(node, ListConfig) else node
+        if not check(value):
+            shown_value = str(value).replace(" ", "") if isinstance(value, list) else value
+            raise ConfigError(f"{key}={shown_value} is invalid: use {allowed}")
+    if cfg.optimizer.get("betas") is not None and len(cfg.optimizer.betas) != 2:
+        raise ConfigError(
+            f"optimizer.betas={list(cfg.optimizer.betas)} is invalid: use two numbers in [0, 1)"
+        )
+
+
+_ABSENT = object()
 
 
 def compose(overrides: list[str] | None = None) -> DictConfig:
@@ -274,6 +317,43 @@ def explain(err: Exception) -> str:
     return " ".join(str(err).split())
 
 
+def check_writable(key: str, value: Any, folder: str | Path) -> None:
+    """Raise ConfigError for `key=value` unless `folder` can be written: its nearest existing
+    ancestor must be a folder that takes a real file (root passes every permission check)."""
+    existing = Path(folder).absolute()
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    try:
+        if not existing.is_dir():
+            raise NotADirectoryError(20, f"{existing} is a file")
+        with tempfile.TemporaryFile(dir=existing):
+            pass
+    except OSError as err:
+        reason = err.strerror or type(err).__name__
+        raise ConfigError(
+            f"{key}={value}: cannot write {folder} ({existing}: {reason}); "
+            f"point {key} at a writable folder"
+        ) from None
+
+
+def check_outputs(cfg: DictConfig, multirun: bool) -> None:
+    """Check, before anything runs, that the run's output dir and its MLflow store are reachable
+    and writable; raise ConfigError naming the key otherwise."""
+    from hydra.core.hydra_config import HydraConfig
+
+    from mnistlab import tracking
+
+    if HydraConfig.initialized():
+        key = "hydra.sweep.dir" if multirun else "hydra.run.dir"
+        folder = OmegaConf.select(HydraConfig.get(), key.removeprefix("hydra."))
+        check_writable(key, folder, folder)
+    uri = tracking.tracking_uri(cfg)
+    db = tracking.sqlite_path(uri)
+    if db is not None:
+        check_writable("mlflow.tracking_uri", uri, db.parent)
+    tracking.check_server(uri)
+
+
 def check_command_line(argv: list[str]) -> None:
     """Compose and validate the config of every job the command line asks for, before Hydra
     starts and before any MLflow run exists; raise ConfigError naming the first mistake.
@@ -294,7 +374,16 @@ def check_command_line(argv: list[str]) -> None:
         if multirun:
             parsed = OverridesParser.create().parse_overrides(overrides)
             jobs = BasicSweeper.split_arguments(parsed, None)[0][:1000]
+        stores = {}
         for job in jobs:
-            validate(compose(job))
+            cfg = compose(job)
+            validate(cfg)
+            stores.setdefault(str(cfg.mlflow.tracking_uri), cfg)
+        for cfg in stores.values():  # once every job's config is known good
+            check_outputs(cfg, multirun)
+    except ConfigError:
+        raise
     except (HydraException, OmegaConfBaseException) as err:
         raise ConfigError(explain(err)) from err
+    except Exception as err:  # anything else Hydra's parser lets through, e.g. `=1`
+        raise ConfigError(f"{explain(err)} (in the overrides {' '.join(overrides)})") from err

@@ -6,6 +6,7 @@ so there is no per-sample PIL or DataLoader work in the training loop.
 
 import contextlib
 import hashlib
+import itertools
 from collections.abc import Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -93,10 +94,10 @@ class Dataset:
         }
 
     def batches(
-        self, split: Split, batch_size: int, generator: torch.Generator | None = None
+        self, split: Split, batch_size: int, generator: torch.Generator | None = None, skip: int = 0
     ) -> Iterator[tuple[Tensor, Tensor]]:
-        """Yield (inputs, labels) on the device, shuffled by `generator` if given; the last
-        batch may be partial."""
+        """Yield (inputs, labels) on the device, shuffled by `generator` if given, from batch
+        `skip` on (an epoch resumed midway); the last batch may be partial."""
         if self.loader is Loader.torch:
             loader = DataLoader(
                 split.samples,
@@ -106,7 +107,7 @@ class Dataset:
                 num_workers=self.num_workers,
                 pin_memory=self.device.type == "cuda",
             )
-            for inputs, labels in loader:
+            for inputs, labels in itertools.islice(loader, skip, None):
                 yield inputs.to(self.device, non_blocking=True), labels.to(self.device)
             return
         n = len(split)
@@ -116,7 +117,7 @@ class Dataset:
                 yield self.inputs(split.images[start:end]), split.labels[start:end]
             return
         order = torch.randperm(n, generator=generator).to(split.labels.device)
-        for start in range(0, n, batch_size):
+        for start in range(skip * batch_size, n, batch_size):
             idx = order[start : start + batch_size]
             yield self.inputs(split.images[idx]), split.labels[idx]
 

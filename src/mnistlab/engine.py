@@ -25,6 +25,7 @@ from mnistlab.checkpoint import atomic_write, save_state_dict
 from mnistlab.config import Amp, Config, ConfigError, OnNan, validate
 from mnistlab.data import Dataset, Split
 from mnistlab.device import autocast, compiled, resolve_device
+from mnistlab.signals import StopRequest
 from mnistlab.sweep import in_multirun, threads_per_job
 
 log = logging.getLogger(__name__)
@@ -81,19 +82,30 @@ def evaluate(
     return {"loss": loss_sum.item() / len(split), "acc": correct.item() / len(split)}
 
 
-def train_epoch(model, data, optimizer, cfg: DictConfig, epoch: int, step_losses: list) -> dict:
-    """One pass over the shuffled train split; appends (global step, loss) every log_every steps."""
+class EpochInterrupted(Exception):
+    """A signal stopped the epoch between two steps; `state` lets a resume finish the epoch."""
+
+    def __init__(self, state: dict):
+        super().__init__(f"stopped at step {state['step']}")
+        self.state = state
+
+
+def train_epoch(
+    model, data, optimizer, cfg: DictConfig, epoch: int, step_losses: list, stop, partial=None
+) -> dict:
+    """One pass over the shuffled train split (from `partial`'s step on, for an epoch resumed
+    midway); appends (global step, loss) every log_every steps; stops between steps on `stop`."""
     model.train()
-    split, every = data.train, cfg.train.log_every
+    split, every, done = data.train, cfg.train.log_every, partial["step"] if partial else 0
     steps = math.ceil(len(split) / cfg.batch_size)
-    loss_sum = torch.zeros((), device=data.device)
-    correct = torch.zeros((), dtype=torch.long, device=data.device)
+    loss_sum = torch.tensor(partial["loss_sum"] if partial else 0.0, device=data.device)
+    correct = torch.tensor(partial["correct"] if partial else 0, device=data.device)
     bar = tqdm(  # samples/s and the loss; off when stderr is not a terminal (CI logs)
         total=len(split), desc=f"epoch {epoch}", unit="img", unit_scale=True, disable=None,
-        leave=False, position=1,
+        leave=False, position=1, initial=min(done * cfg.batch_size, len(split)),
     )  # fmt: skip
-    shuffled = data.batches(split, cfg.batch_size, epoch_generator(cfg.seed, epoch))
-    for i, (inputs, labels) in enumerate(shuffled, start=1):
+    shuffled = data.batches(split, cfg.batch_size, epoch_generator(cfg.seed, epoch), skip=done)
+    for i, (inputs, labels) in enumerate(shuffled, start=done + 1):
         with autocast(data.device, cfg.device.amp):
             logits = model(inputs)
             loss = F.cross_entropy(logits, labels)
@@ -112,6 +124,10 @@ def train_epoch(model, data, optimizer, cfg: DictConfig, epoch: int, step_losses
                 f"Epoch [{epoch:>3d} / {cfg.epochs:>3d}] Step [{i:>6d} / {steps:>6d}] "
                 f"Loss: {value:>7f}"
             )
+        if stop and i < steps:  # Ctrl-C or SIGTERM: the caller checkpoints the epoch so far
+            bar.close()
+            sums = {"loss_sum": loss_sum.item(), "correct": correct.item()}
+            raise EpochInterrupted({"step": i, **sums, "step_losses": list(step_losses)})
     bar.close()
     metrics = {"loss": loss_sum.item() / len(split), "acc": correct.item() / len(split)}
     check_finite(metrics["loss"], f"the end of epoch {epoch}", cfg.train.on_nan)
@@ -164,10 +180,11 @@ def train(cfg: DictConfig, output_dir: str | Path | None = None) -> float:
     connection = tracking.connect_in_background(cfg)  # overlaps building the model and optimizer
     model = build(cfg.model, in_shape=data.in_shape, num_classes=data.num_classes).to(device)
     optimizer = build(cfg.optimizer, params=model.parameters())
-    first_epoch, best_val_acc = 1, -1.0
+    first_epoch, best_val_acc, partial = 1, -1.0, None
     if state:
         checkpoint.restore(state, model, optimizer)
         first_epoch, best_val_acc = state["epoch"] + 1, state["best_val_acc"]
+        partial = state.get("partial")  # stopped midway through first_epoch
     net = compiled(model, cfg.device.compile)  # shares model's parameters
     log.info(
         f"{type(model).__name__} on {device}: {len(data.train)} train, "
@@ -177,17 +194,31 @@ def train(cfg: DictConfig, output_dir: str | Path | None = None) -> float:
     run_tags = {"device": str(device), "torch.threads": str(torch.get_num_threads())}
     resume_id = state and state["run_id"]
     with (
+        StopRequest().installed() as stop,
         tracking.start_run(cfg, output_dir, run_tags, connection, resume_id) as run,
         logging_redirect_tqdm(),
     ):
         uri = tracking.shown(tracking.tracking_uri(cfg))
-        log.info(f"MLflow run {run.run_id} in {uri}, from epoch {first_epoch}")
+        where = f"epoch {first_epoch}" + (f" step {partial['step'] + 1}" if partial else "")
+        log.info(f"MLflow run {run.run_id} in {uri}, from {where}")
         logged = run.logged_epochs()  # a replayed epoch (killed after logging) is not re-logged
         epochs = tqdm(range(first_epoch, cfg.epochs + 1), desc="epochs", disable=None, position=0)
         for epoch in epochs:
-            step_losses: list[tuple[int, float]] = []
-            start = time.perf_counter()
-            train_m = train_epoch(net, data, optimizer, cfg, epoch, step_losses)
+            step_losses = list(partial["step_losses"]) if partial else []
+            start = time.perf_counter() - (partial["elapsed_s"] if partial else 0.0)
+            try:
+                train_m = train_epoch(net, data, optimizer, cfg, epoch, step_losses, stop, partial)
+            except EpochInterrupted as paused:
+                paused.state["elapsed_s"] = time.perf_counter() - start
+                save_checkpoints(
+                    run, output_dir, model, optimizer, epoch - 1, best_val_acc, cfg, False,
+                    data.info(), partial=paused.state,
+                )  # fmt: skip
+                stop.raise_if_requested(
+                    f"checkpoint at epoch {epoch} step {paused.state['step']}: "
+                    f"continue with python -m train resume={output_dir}"
+                )
+            partial = None
             epoch_time = time.perf_counter() - start
             val_m = evaluate(net, data, data.val, cfg.train.eval_batch_size, cfg.device.amp)
             test_m = evaluate(net, data, data.test, cfg.train.eval_batch_size, cfg.device.amp)
@@ -209,6 +240,7 @@ def train(cfg: DictConfig, output_dir: str | Path | None = None) -> float:
             save_checkpoints(
                 run, output_dir, model, optimizer, epoch, best_val_acc, cfg, improved, data.info()
             )
+            stop.raise_if_requested(f"checkpoint after epoch {epoch}: resume={output_dir}")
 
         save_state_dict(model, output_dir / "model.pth")
         resolved = tracking.shown(OmegaConf.to_yaml(cfg, resolve=True)).encode()
@@ -232,9 +264,10 @@ def train(cfg: DictConfig, output_dir: str | Path | None = None) -> float:
 
 
 def save_checkpoints(
-    run, output_dir, model, optimizer, epoch, best_val_acc, cfg, improved, data_info
+    run, output_dir, model, optimizer, epoch, best_val_acc, cfg, improved, data_info, partial=None
 ):
-    """Write last.pth (and best.pth when val acc improved), uploading them if configured."""
+    """Write last.pth (and best.pth when val acc improved), uploading them if configured;
+    `partial` is the state of the epoch after `epoch` when a signal stopped it midway."""
     last = output_dir / "last.pth"
     checkpoint.save_checkpoint(
         last,
@@ -245,6 +278,7 @@ def save_checkpoints(
         run_id=run.run_id,
         cfg=cfg,
         data_info=data_info,
+        partial=partial,
     )
     names = [last]
     if improved:

@@ -1,9 +1,7 @@
 """One MLflow run per training run: store, params, batched metrics, artifacts, final status."""
 
 import re
-import signal
 import subprocess
-import threading
 import time
 import traceback
 from collections.abc import Iterator
@@ -41,6 +39,34 @@ def how_to_open(uri: str, run: "Run") -> str:
         store = f"sqlite:///{db.relative_to(Path.cwd())}" if db.is_relative_to(Path.cwd()) else uri
         return f"mlflow ui --backend-store-uri {store} --host 127.0.0.1, then open http://127.0.0.1:5000/{page}"
     return f"open {shown(uri).rstrip('/')}/{page}"
+
+
+def check_server(uri: str, wait_s: float = 10.0) -> None:
+    """For an http(s) store, raise ConfigError unless an MLflow server answers within `wait_s`
+    (MLflow's own client retries for about 4 minutes before it gives up)."""
+    if not uri.startswith(("http://", "https://")):
+        return
+    import requests
+
+    from mnistlab.config import ConfigError
+
+    deadline = time.monotonic() + wait_s
+    while True:
+        try:
+            reply = requests.get(f"{uri.rstrip('/')}/health", timeout=3)
+            if reply.ok:
+                return
+            problem = f"HTTP {reply.status_code} from /health"
+        except requests.RequestException as err:
+            problem = type(err).__name__
+        if time.monotonic() > deadline:
+            break
+        time.sleep(0.5)
+    raise ConfigError(
+        f"mlflow.tracking_uri={shown(uri)}: no MLflow server answers there ({problem}); start one "
+        "(mlflow server --host 127.0.0.1 --port 5000 --backend-store-uri sqlite:///mlruns/mlflow.db)"
+        " or leave mlflow.tracking_uri unset to log to ./mlruns"
+    )
 
 
 def artifact_root(uri: str) -> str | None:
@@ -211,6 +237,7 @@ def connect(cfg: DictConfig) -> tuple[Any, str]:
     from mlflow import MlflowClient
 
     uri = tracking_uri(cfg)
+    check_server(uri)
     mlflow.set_tracking_uri(uri)  # for MLflow calls that take no client, like Model.log
     client = MlflowClient(tracking_uri=uri)
     experiment_id = get_experiment_id(client, cfg.mlflow.experiment, uri)
@@ -225,26 +252,6 @@ def connect_in_background(cfg: DictConfig) -> Future:
     future = pool.submit(connect, cfg)
     pool.shutdown(wait=False)
     return future
-
-
-class Terminated(KeyboardInterrupt):
-    """Raised in the main thread on SIGTERM, so the run ends as KILLED instead of RUNNING."""
-
-
-@contextmanager
-def _sigterm_raises() -> Iterator[None]:
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-
-    def handler(signum: int, frame: Any) -> None:
-        raise Terminated(f"received signal {signal.Signals(signum).name}")
-
-    previous = signal.signal(signal.SIGTERM, handler)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, previous)
 
 
 @contextmanager
@@ -292,10 +299,9 @@ def start_run(
     params = {**flatten(container), **context["choices"]}
     status = RunStatus.FAILED
     try:
-        with _sigterm_raises():
-            if not resume_run_id:
-                client.log_batch(run_id, params=[Param(k, v) for k, v in params.items()])
-            yield Run(client, run_id, experiment_id)
+        if not resume_run_id:
+            client.log_batch(run_id, params=[Param(k, v) for k, v in params.items()])
+        yield Run(client, run_id, experiment_id)
         status = RunStatus.FINISHED
     except KeyboardInterrupt as err:
         status = RunStatus.KILLED
