@@ -36,7 +36,7 @@ def main(cfg: DictConfig) -> float:
             return float("nan")
         print(f"Error: {err}", file=sys.stderr)
         sys.exit(2)
-    except FloatingPointError as err:  # a NaN or inf loss: the run is FAILED, the reason tagged
+    except (FloatingPointError, ConnectionError) as err:  # a NaN loss, or the server gone
         if sweep.in_multirun():
             sweep.mark_failed(str(err))
             return float("nan")

@@ -1,11 +1,16 @@
 """Shared fixtures: the real datasets from ../shared/data, a temp MLflow store, and the CLI."""
 
 import os
+import socket
 import subprocess
 import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
+import requests
 from mlflow import MlflowClient
 
 REPO = Path(__file__).resolve().parents[1]
@@ -57,3 +62,40 @@ def only_run(uri: str, experiment: str = "mnistlab"):
 def history(client: MlflowClient, run_id: str, key: str) -> list[tuple[int, float]]:
     """A metric's (step, value) points in step order."""
     return sorted((m.step, m.value) for m in client.get_metric_history(run_id, key))
+
+
+def free_port() -> int:
+    """A TCP port nothing listens on, on 127.0.0.1."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@contextmanager
+def mlflow_server(folder: Path, port: int | None = None) -> Iterator[str]:
+    """A real `mlflow server` on 127.0.0.1 over a SQLite store and an artifact store (proxied as
+    mlflow-artifacts:) in `folder`; its URL, once /health answers."""
+    port = port or free_port()
+    folder.mkdir(parents=True, exist_ok=True)
+    proc = subprocess.Popen(
+        [str(Path(sys.executable).with_name("mlflow")), "server", "--host", "127.0.0.1",
+         "--port", str(port), "--backend-store-uri", f"sqlite:///{folder / 'mlflow.db'}",
+         "--artifacts-destination", str(folder / "artifacts"), "--workers", "1"],
+        cwd=folder, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 90
+        while True:
+            try:
+                if requests.get(f"{url}/health", timeout=2).status_code == 200:
+                    break
+            except requests.ConnectionError:
+                pass
+            assert proc.poll() is None, "mlflow server exited"
+            assert time.monotonic() < deadline, "mlflow server did not come up in 90 s"
+            time.sleep(0.3)
+        yield url
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)

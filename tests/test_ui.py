@@ -1,24 +1,15 @@
 """The real MLflow UI over a small sweep: its REST API, and its runs page in headless Chromium."""
 
 import os
-import socket
-import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
 import requests
 
-from conftest import REPO, run_cli
+from conftest import REPO, mlflow_server, run_cli
 
 ARTIFACTS = Path(os.environ.get("MNISTLAB_TEST_ARTIFACTS", REPO / "test-artifacts"))
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="module")
@@ -28,29 +19,8 @@ def server(tmp_path_factory):
     args = ["-m", "data=synthetic", "epochs=2", "device=cpu", "lr=0.001,0.01,0.1",
             "sweep_name=ui-sweep", "mlflow.log_model=false", "train.plots=false"]  # fmt: skip
     assert run_cli(args, cwd=cwd).returncode == 0
-    port = free_port()
-    mlflow_bin = Path(sys.executable).with_name("mlflow")
-    proc = subprocess.Popen(
-        [str(mlflow_bin), "server", "--host", "127.0.0.1", "--port", str(port),
-         "--backend-store-uri", f"sqlite:///{cwd / 'mlruns' / 'mlflow.db'}", "--workers", "1"],
-        cwd=cwd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-    )  # fmt: skip
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 90
-        while True:
-            try:
-                if requests.get(f"{url}/health", timeout=2).status_code == 200:
-                    break
-            except requests.ConnectionError:
-                pass
-            assert proc.poll() is None, "mlflow server exited"
-            assert time.monotonic() < deadline, "mlflow server did not come up in 90 s"
-            time.sleep(0.5)
+    with mlflow_server(cwd / "mlruns") as url:
         yield url
-    finally:
-        proc.terminate()
-        proc.wait(timeout=30)
 
 
 def api(url: str, path: str, **body):

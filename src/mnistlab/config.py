@@ -153,6 +153,7 @@ class MlflowConfig:
     experiment: str = "mnistlab"
     run_name: str | None = None
     log_model: bool = True
+    offline_wait_s: float = 300.0
 
 
 @dataclass
@@ -227,6 +228,7 @@ RANGES = [
     ("train.eval_batch_size", lambda v: v >= 1, "an integer >= 1"),
     ("device.threads", lambda v: v is None or v >= 1, "an integer >= 1, or null for torch's"),
     ("mlflow.experiment", lambda v: bool(v and v.strip()), "a non-empty experiment name"),
+    ("mlflow.offline_wait_s", lambda v: _finite(v) and v >= 0, "seconds >= 0, e.g. 300"),
     ("model.hidden_sizes", _all(lambda v: v >= 1), "a list of layer widths >= 1, e.g. [512,512]"),
     ("model.channels", _all(lambda v: v >= 1), "a list of channel counts >= 1, e.g. [32,64]"),
     ("model.hidden_size", lambda v: v >= 1, "an integer >= 1, e.g. 256"),
@@ -256,7 +258,11 @@ def validate(cfg: DictConfig) -> None:
             continue
         value = OmegaConf.to_object(node) if isinstance(node, ListConfig) else node
         if not check(value):
-            shown_value = str(value).replace(" ", "") if isinstance(value, list) else value
+            shown_value = value
+            if isinstance(value, list):
+                shown_value = str(value).replace(" ", "")
+            elif isinstance(value, str) and not value.strip():
+                shown_value = repr(value)
             raise ConfigError(f"{key}={shown_value} is invalid: use {allowed}")
     if cfg.optimizer.get("betas") is not None and len(cfg.optimizer.betas) != 2:
         raise ConfigError(

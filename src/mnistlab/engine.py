@@ -201,7 +201,7 @@ def train(cfg: DictConfig, output_dir: str | Path | None = None) -> float:
         uri = tracking.shown(tracking.tracking_uri(cfg))
         where = f"epoch {first_epoch}" + (f" step {partial['step'] + 1}" if partial else "")
         log.info(f"MLflow run {run.run_id} in {uri}, from {where}")
-        logged = run.logged_epochs()  # a replayed epoch (killed after logging) is not re-logged
+        logged = run.catch_up(first_epoch - 1)  # journal epochs the store missed are sent now
         epochs = tqdm(range(first_epoch, cfg.epochs + 1), desc="epochs", disable=None, position=0)
         for epoch in epochs:
             step_losses = list(partial["step_losses"]) if partial else []
@@ -242,6 +242,7 @@ def train(cfg: DictConfig, output_dir: str | Path | None = None) -> float:
             )
             stop.raise_if_requested(f"checkpoint after epoch {epoch}: resume={output_dir}")
 
+        run.flush(cfg.mlflow.offline_wait_s)  # the store has every epoch before the plots
         save_state_dict(model, output_dir / "model.pth")
         resolved = tracking.shown(OmegaConf.to_yaml(cfg, resolve=True)).encode()
         atomic_write(output_dir / "config.yaml", lambda f: f.write(resolved))

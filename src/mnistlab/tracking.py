@@ -1,7 +1,13 @@
 """One MLflow run per training run: store, params, batched metrics, artifacts, final status."""
 
+import contextlib
+import json
+import logging
+import os
+import queue
 import re
 import subprocess
+import threading
 import time
 import traceback
 from collections.abc import Iterator
@@ -14,6 +20,7 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
 SQLITE_PREFIX = "sqlite:///"
+log = logging.getLogger(__name__)
 
 
 def tracking_uri(cfg: DictConfig) -> str:
@@ -132,24 +139,104 @@ def git_state() -> dict[str, str]:
     return {"mlflow.source.git.commit": sha, "git.dirty": str(dirty).lower()}
 
 
-class Run:
-    """A live MLflow run: metrics go out in one batch per epoch."""
+class TrackingUnavailable(ConnectionError):
+    """The tracking server stayed unreachable; what it missed is kept in the run's output dir."""
 
-    def __init__(self, client: Any, run_id: str, experiment_id: str):
+
+class Run:
+    """A live MLflow run. Each epoch's metrics go to `metrics.jsonl` in the output dir first,
+    then to the store in one batch from a background thread, which waits out a tracking server
+    that has gone away while training goes on."""
+
+    def __init__(self, client: Any, run_id: str, experiment_id: str, uri: str, output_dir: Path):
         self.client = client
         self.run_id = run_id
         self.experiment_id = experiment_id
+        self.uri = uri
+        self.journal = output_dir / "metrics.jsonl"
+        self.unsent = 0  # batches waiting for the store
+        self.failure: str | None = None  # why the last attempt failed, while batches wait
+        self._queue: queue.Queue = queue.Queue()
+        threading.Thread(target=self._send_forever, name="mlflow-sender", daemon=True).start()
+
+    def _send_forever(self) -> None:
+        while True:
+            batch = self._queue.get()
+            while not self._try_send(batch):
+                time.sleep(1.0)
+            self.unsent -= 1
+
+    def _try_send(self, batch: list) -> bool:
+        if self.uri.startswith(("http://", "https://")):
+            try:  # MLflow's own client would retry one request for minutes
+                import requests
+
+                requests.get(f"{self.uri.rstrip('/')}/health", timeout=2).raise_for_status()
+            except Exception as err:
+                return self._failed(f"server unreachable: {type(err).__name__}")
+        try:
+            self.client.log_batch(self.run_id, metrics=batch, synchronous=True)
+        except Exception as err:
+            return self._failed(f"{type(err).__name__}: {' '.join(str(err).split())[:200]}")
+        if self.failure:
+            log.info(f"MLflow store reachable again: sending buffered metrics ({self.unsent} left)")
+            self.failure = None
+        return True
+
+    def _failed(self, reason: str) -> bool:
+        if self.failure is None:
+            log.warning(f"MLflow: {reason}; training goes on, metrics wait in {self.journal}")
+        self.failure = reason
+        return False
 
     def log_epoch(
         self, epoch: int, metrics: dict[str, float], step_losses: list[tuple[int, float]]
     ) -> None:
-        """Log an epoch's metrics (step = epoch) and its `train/step_loss` points in one request."""
+        """Keep an epoch's metrics (step = epoch) and its `train/step_loss` points in the
+        journal, then queue them for the store as one batch."""
+        record = {"epoch": epoch, "metrics": metrics, "step_losses": step_losses}
+        with open(self.journal, "a") as f:
+            f.write(json.dumps(record) + "\n")
+            f.flush()
+            os.fsync(f.fileno())
+        self._queue_record(record)
+
+    def _queue_record(self, record: dict) -> None:
         from mlflow.entities import Metric
 
-        now = int(time.time() * 1000)
-        batch = [Metric(key, float(value), now, epoch) for key, value in metrics.items()]
-        batch += [Metric("train/step_loss", loss, now, step) for step, loss in step_losses]
-        self.client.log_batch(self.run_id, metrics=batch, synchronous=True)
+        now, epoch = int(time.time() * 1000), record["epoch"]
+        batch = [Metric(k, float(v), now, epoch) for k, v in record["metrics"].items()]
+        batch += [Metric("train/step_loss", v, now, step) for step, v in record["step_losses"]]
+        self.unsent += 1
+        self._queue.put(batch)
+
+    def catch_up(self, upto: int) -> int:
+        """Queue journal epochs up to `upto` that the store lacks (sent while it was away, or
+        before a kill); return the last epoch the store had."""
+        logged = self.logged_epochs()
+        records = {}
+        if self.journal.exists():
+            for line in self.journal.read_text().splitlines():
+                with contextlib.suppress(ValueError):  # a line cut short by a kill
+                    record = json.loads(line)
+                    records[record["epoch"]] = record
+        for epoch in range(logged + 1, upto + 1):
+            if epoch in records:
+                self._queue_record(records[epoch])
+        return logged
+
+    def flush(self, wait_s: float) -> None:
+        """Wait until the store has every queued batch; raise TrackingUnavailable after `wait_s`."""
+        deadline = time.monotonic() + wait_s
+        while self.unsent and time.monotonic() < deadline:
+            time.sleep(0.05)
+        if self.unsent:
+            raise TrackingUnavailable(
+                f"MLflow store {shown(self.uri)} unreachable for {wait_s:g} s "
+                f"(mlflow.offline_wait_s; {self.failure}): {self.unsent} epochs of metrics are "
+                f"kept in {self.journal}; the run stays RUNNING there. Once it is back, "
+                f"send them and finish the run with: python -m train resume={self.journal.parent}"
+            )
 
     def log_artifact(self, path: Path, artifact_path: str | None = None) -> None:
         """Upload a file, or a folder's contents, to the run's artifacts."""
@@ -273,6 +360,7 @@ def start_run(
     from mnistlab.sweep import child_context
 
     client, experiment_id = connection.result() if connection else connect(cfg)
+    uri = tracking_uri(cfg)
     context = hydra_context()
     child = child_context() or {}  # parent link and sweep tags when this is a sweep's job
     # MLflow's own random names come from the seeded `random`: every run would be called alike
@@ -297,19 +385,28 @@ def start_run(
     container.pop("resume", None)  # where a run was resumed from is not a hyperparameter
     container["mlflow"].pop("tracking_uri", None)  # nor is the store, and its URI may hold secrets
     params = {**flatten(container), **context["choices"]}
-    status = RunStatus.FAILED
+    status, run = RunStatus.FAILED, Run(client, run_id, experiment_id, uri, output_dir)
     try:
         if not resume_run_id:
             client.log_batch(run_id, params=[Param(k, v) for k, v in params.items()])
-        yield Run(client, run_id, experiment_id)
+        yield run
+        run.flush(cfg.mlflow.offline_wait_s)
         status = RunStatus.FINISHED
-    except KeyboardInterrupt as err:
-        status = RunStatus.KILLED
-        client.set_tag(run_id, "failure_reason", f"{type(err).__name__}: {err}")
+    except TrackingUnavailable:
+        status = None  # the store cannot be told; the run's own files say what happened
         raise
-    except Exception as err:
+    except (Exception, KeyboardInterrupt) as err:  # failed, or KILLED by a signal: say why
+        if isinstance(err, KeyboardInterrupt):
+            status = RunStatus.KILLED
+        try:
+            run.flush(cfg.mlflow.offline_wait_s)
+        except TrackingUnavailable:
+            status = None
+            raise
         client.set_tag(run_id, "failure_reason", f"{type(err).__name__}: {err}"[:5000])
-        client.log_text(run_id, traceback.format_exc(), "traceback.txt")
+        if status == RunStatus.FAILED:
+            client.log_text(run_id, traceback.format_exc(), "traceback.txt")
         raise
     finally:
-        client.set_terminated(run_id, RunStatus.to_string(status))
+        if status is not None:
+            client.set_terminated(run_id, RunStatus.to_string(status))

@@ -1,0 +1,213 @@
+"""Bad input and faults: one clear line, a non-zero exit, no traceback, no run left RUNNING, and
+no metric lost when the tracking server goes away."""
+
+import os
+import sqlite3
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from mlflow import MlflowClient
+
+from conftest import DATA_ROOT, free_port, history, mlflow_server, run_cli
+from mnistlab.config import ConfigError, check_command_line
+
+
+def running_runs(cwd: Path) -> list[str]:
+    """Ids of runs left RUNNING in the default store under `cwd` (none if there is no store)."""
+    db = cwd / "mlruns" / "mlflow.db"
+    if not db.exists():
+        return []
+    with sqlite3.connect(db) as con:
+        try:
+            return [r[0] for r in con.execute("select run_uuid from runs where status='RUNNING'")]
+        except sqlite3.OperationalError:  # the store was never set up
+            return []
+
+
+SYNTH = ["data=synthetic", "device=cpu", "epochs=1"]
+
+
+@pytest.mark.parametrize(
+    ("args", "code", "message"),
+    [
+        (["=1"], 2, "Error: Config group override must be a string or a list. Got int"),
+        (["lr=inf"], 2, "Error: lr=inf is invalid: use a positive learning rate"),
+        (["seed=-1"], 2, "Error: seed=-1 is invalid: use an integer from 0 to 4294967295"),
+        (["model=cnn", "model.channels=[0]"], 2, "Error: model.channels=[0] is invalid"),
+        (["model.dropout=1"], 2, "Error: model.dropout=1.0 is invalid: use a probability"),
+        (["optimizer.betas=[0.9]"], 2, "Error: optimizer.betas=[0.9] is invalid"),
+        (["optimizer=sgd", "optimizer.momentum=-1"], 2, "Error: optimizer.momentum=-1.0 is"),
+        (["mlflow.experiment= "], 2, "Error: mlflow.experiment='' is invalid"),
+        (["device.threads=0"], 2, "Error: device.threads=0 is invalid"),
+        (["data=synthetic", "data.val_size=3000"], 2, "Error: data.val_size=3000 is invalid"),
+        (["data.val_size=60000"], 2, "Error: data.val_size=60000 is invalid: use an integer"),
+        (["device=cuda"], 2, "Error: device=cuda is unavailable"),
+        (["device=mps"], 2, "Error: device=mps is unavailable"),
+        (["hydra.run.dir=/proc/1/x"], 2, "Error: hydra.run.dir=/proc/1/x: cannot write"),
+        (["hydra.run.dir=/etc/hostname/run"], 2, "Error: hydra.run.dir=/etc/hostname/run:"),
+        (["-m", "hydra.sweep.dir=/proc/1/x", "lr=1e-3,1e-2"], 2, "Error: hydra.sweep.dir="),
+        (
+            ["mlflow.tracking_uri=sqlite:////proc/1/x/mlflow.db"],
+            2,
+            "Error: mlflow.tracking_uri=sqlite:////proc/1/x/mlflow.db: cannot write /proc/1/x",
+        ),
+        (["resume=/nonexistent/last.pth"], 2, "Error: resume=/nonexistent/last.pth: no such"),
+        (["optimizer=sgd", "lr=1e6"], 1, "Error: train loss is"),  # the run exists, FAILED
+    ],
+)
+def test_bad_input_gets_one_line_a_non_zero_exit_and_leaves_no_running_run(
+    tmp_path, args, code, message
+):
+    result = run_cli([*SYNTH, *args] if "-m" not in args else [*args, *SYNTH], cwd=tmp_path)
+    assert result.returncode == code, result.stderr[-2000:]
+    assert "Traceback" not in result.stderr + result.stdout
+    errors = [line for line in result.stderr.splitlines() if "Error" in line]
+    assert len(errors) == 1 and errors[0].startswith(message), result.stderr[-2000:]
+    assert result.stderr.strip().endswith(errors[0])  # the last word is the one line
+    assert running_runs(tmp_path) == []
+
+
+def test_an_unreachable_tracking_server_is_answered_within_15_s(tmp_path):
+    start = time.monotonic()
+    result = run_cli([*SYNTH, f"mlflow.tracking_uri=http://127.0.0.1:{free_port()}"], tmp_path)
+    elapsed = time.monotonic() - start
+    assert result.returncode == 2 and elapsed < 15, (elapsed, result.stderr[-2000:])
+    assert result.stderr.startswith("Error: mlflow.tracking_uri=http://127.0.0.1:")
+    assert "no MLflow server answers there" in result.stderr
+    assert "Traceback" not in result.stderr and not (tmp_path / "outputs").exists()
+
+
+# Override strings a user could type: known and misspelt keys, group picks, Hydra's grammar
+# (+, ~, ++, lists, sweeps, interpolations) and arbitrary text.
+KEYS = ["lr", "batch_size", "epochs", "seed", "model", "optimizer", "data", "device",
+        "model.hidden_sizes", "model.dropout", "optimizer.betas", "data.val_size", "data.root",
+        "device.amp", "train.on_nan", "mlflow.experiment", "optimzer", "lr.x", "hydra.run.dir",
+        "checkpoint", "resume"]  # fmt: skip
+VALUES = st.one_of(
+    st.sampled_from(
+        [
+            "mlp",
+            "cnn",
+            "adam",
+            "sgd",
+            "synthetic",
+            "cpu",
+            "null",
+            "[]",
+            "[1,2]",
+            "1e-3",
+            "-1",
+            "0",
+            "nan",
+            "inf",
+            "true",
+            "${lr}",
+            "${oc.env:NOPE}",
+            "'quoted'",
+            "a,b",
+            "range(1,3)",
+            "{a: 1}",
+            "outputs/x",
+        ]
+    ),  # fmt: skip
+    st.integers(-(2**70), 2**70).map(str),
+    st.floats(allow_nan=True, allow_infinity=True).map(str),
+    st.text(max_size=12),
+)
+OVERRIDE = st.one_of(
+    st.tuples(st.sampled_from(["", "+", "++", "~"]), st.sampled_from(KEYS), VALUES).map(
+        lambda t: f"{t[0]}{t[1]}={t[2]}"
+    ),
+    st.text(max_size=20),
+)
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(argv=st.lists(OVERRIDE, max_size=4), multirun=st.booleans())
+def test_no_override_string_makes_the_config_layer_raise_anything_but_one_line(argv, multirun):
+    try:
+        check_command_line((["-m"] if multirun else []) + argv)
+    except ConfigError as err:
+        assert str(err) and "\n" not in str(err).strip()
+
+
+def start_training(cwd: Path, args: list[str]) -> subprocess.Popen:
+    env = {**os.environ, "MNISTLAB_DATA": str(DATA_ROOT)}
+    env.pop("MLFLOW_TRACKING_URI", None)
+    return subprocess.Popen(
+        [sys.executable, "-m", "train", *args], cwd=cwd, env=env,
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )  # fmt: skip
+
+
+def journal_lines(cwd: Path) -> int:
+    return sum(len(p.read_text().splitlines()) for p in cwd.glob("outputs/*/*/metrics.jsonl"))
+
+
+def wait_for(condition, proc: subprocess.Popen, what: str, timeout: float = 120) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert proc.poll() is None, f"training ended before {what}: {proc.stdout.read()[-2000:]}"
+        assert time.monotonic() < deadline, f"no {what} in {timeout} s"
+        time.sleep(0.1)
+
+
+EPOCHS = 5
+OUTAGE = ["data=synthetic", "data.train_size=20000", f"epochs={EPOCHS}", "device=cpu",
+          "mlflow.log_model=false", "train.plots=false"]  # fmt: skip
+EPOCH_KEYS = ["train/loss", "train/acc", "val/loss", "val/acc", "test/loss", "test/acc"]
+
+
+def assert_every_epoch_arrived(url: str) -> None:
+    client = MlflowClient(url)
+    (run,) = client.search_runs([client.get_experiment_by_name("mnistlab").experiment_id])
+    assert run.info.status == "FINISHED"
+    for key in [*EPOCH_KEYS, "epoch_time_s"]:
+        assert [s for s, _ in history(client, run.info.run_id, key)] == list(range(1, EPOCHS + 1))
+    assert history(client, run.info.run_id, "train/step_loss")
+    names = {a.path for a in client.list_artifacts(run.info.run_id)}
+    assert {"model.pth", "config.yaml", "train.log"} <= names
+
+
+def test_training_goes_on_while_the_server_is_away_and_every_metric_arrives(tmp_path):
+    folder, port = tmp_path / "server", free_port()
+    with mlflow_server(folder, port) as url:
+        proc = start_training(tmp_path, [*OUTAGE, f"mlflow.tracking_uri={url}"])
+        wait_for(lambda: journal_lines(tmp_path) >= 1, proc, "first epoch")
+    try:  # the server is down now; training must not wait for it
+        wait_for(lambda: journal_lines(tmp_path) >= 3, proc, "epochs while the server is down")
+        with mlflow_server(folder, port) as url:  # back, on the same store
+            output, _ = proc.communicate(timeout=300)
+            assert proc.returncode == 0, output[-2000:]
+            assert "training goes on" in output and "reachable again" in output
+            assert_every_epoch_arrived(url)
+    finally:
+        proc.kill()
+
+
+def test_a_server_gone_for_good_keeps_the_metrics_and_resume_sends_them(tmp_path):
+    folder, port = tmp_path / "server", free_port()
+    args = [*OUTAGE, "mlflow.offline_wait_s=2"]
+    with mlflow_server(folder, port) as url:
+        proc = start_training(tmp_path, [*args, f"mlflow.tracking_uri={url}"])
+        wait_for(lambda: journal_lines(tmp_path) >= 1, proc, "first epoch")
+    try:
+        output, _ = proc.communicate(timeout=300)
+    finally:
+        proc.kill()
+    assert proc.returncode == 1 and "Traceback" not in output, output[-2000:]
+    last = output.strip().splitlines()[-1]
+    assert last.startswith(f"Error: MLflow store {url} unreachable for 2 s"), last
+    (run_dir,) = tmp_path.glob("outputs/*/*")
+    assert f"python -m train resume={run_dir}" in last
+    assert journal_lines(tmp_path) == EPOCHS  # every epoch kept locally
+
+    with mlflow_server(folder, port) as url:
+        result = run_cli([f"resume={run_dir}", f"mlflow.tracking_uri={url}"], cwd=tmp_path)
+        assert result.returncode == 0, result.stderr[-2000:]
+        assert_every_epoch_arrived(url)
