@@ -6,7 +6,9 @@ Torch and MLflow are imported only once training starts, so `--help` and `--cfg 
 import atexit
 import logging
 import os
+import shutil
 import sys
+import tempfile
 
 import hydra
 from omegaconf import DictConfig
@@ -53,6 +55,11 @@ def main(cfg: DictConfig) -> float:
 def run_and_exit() -> None:
     """Check the command line, run `main`, then exit without tearing the interpreter down:
     freeing torch's and MLflow's modules takes 1-2 s after everything is written."""
+    rank = int(os.environ.get("RANK", "0"))
+    if rank > 0:  # torchrun's other processes: rank 0 alone writes outputs/ and logs
+        scratch = tempfile.mkdtemp(prefix=f"mnistlab-rank{rank}-")
+        atexit.register(shutil.rmtree, scratch, ignore_errors=True)
+        sys.argv += [f"hydra.run.dir={scratch}", "hydra.output_subdir=null"]
     try:
         check_command_line(sys.argv[1:])
     except ConfigError as err:  # one line, exit 2, before any job or MLflow run exists

@@ -17,6 +17,7 @@ from torch import Tensor
 from torch.utils.data import DataLoader, Subset
 from torch.utils.data import Dataset as TorchDataset
 
+from mnistlab import distributed
 from mnistlab.checkpoint import atomic_write
 from mnistlab.config import ConfigError, Loader
 
@@ -98,26 +99,28 @@ class Dataset:
     ) -> Iterator[tuple[Tensor, Tensor]]:
         """Yield (inputs, labels) on the device, shuffled by `generator` if given, from batch
         `skip` on (an epoch resumed midway); the last batch may be partial."""
+        n = len(split)
+        order = None  # in order; else this rank's share of a seeded shuffle
+        if generator is not None:
+            order = distributed.shard(torch.randperm(n, generator=generator))
         if self.loader is Loader.torch:
             loader = DataLoader(
                 split.samples,
                 batch_size=batch_size,
-                shuffle=generator is not None,
-                generator=generator,
+                sampler=None if order is None else order.tolist(),
                 num_workers=self.num_workers,
                 pin_memory=self.device.type == "cuda",
             )
             for inputs, labels in itertools.islice(loader, skip, None):
                 yield inputs.to(self.device, non_blocking=True), labels.to(self.device)
             return
-        n = len(split)
-        if generator is None:
+        if order is None:
             for start in range(0, n, batch_size):
                 end = start + batch_size
                 yield self.inputs(split.images[start:end]), split.labels[start:end]
             return
-        order = torch.randperm(n, generator=generator).to(split.labels.device)
-        for start in range(skip * batch_size, n, batch_size):
+        order = order.to(split.labels.device)
+        for start in range(skip * batch_size, len(order), batch_size):
             idx = order[start : start + batch_size]
             yield self.inputs(split.images[idx]), split.labels[idx]
 

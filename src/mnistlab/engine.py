@@ -1,5 +1,6 @@
 """The training run: build everything from the config, then train, evaluate and log each epoch."""
 
+import contextlib
 import json
 import logging
 import math
@@ -20,7 +21,7 @@ from torch import nn
 from tqdm import tqdm
 from tqdm.contrib.logging import logging_redirect_tqdm
 
-from mnistlab import checkpoint, tracking
+from mnistlab import checkpoint, distributed, tracking
 from mnistlab.checkpoint import atomic_write, save_state_dict
 from mnistlab.config import Amp, Config, ConfigError, OnNan, validate
 from mnistlab.data import Dataset, Split
@@ -97,9 +98,12 @@ def train_epoch(
     midway); appends (global step, loss) every log_every steps; stops between steps on `stop`."""
     model.train()
     split, every, done = data.train, cfg.train.log_every, partial["step"] if partial else 0
-    steps = math.ceil(len(split) / cfg.batch_size)
-    loss_sum = torch.tensor(partial["loss_sum"] if partial else 0.0, device=data.device)
-    correct = torch.tensor(partial["correct"] if partial else 0, device=data.device)
+    ranks = distributed.world_size()  # under torchrun each rank trains on 1/ranks of the split
+    trained = len(split) - len(split) % ranks
+    steps = math.ceil(trained // ranks / cfg.batch_size)
+    sums = partial if partial and distributed.is_main() else {"loss_sum": 0.0, "correct": 0}
+    loss_sum = torch.tensor(sums["loss_sum"], device=data.device)  # rank 0 holds the sums so far
+    correct = torch.tensor(sums["correct"], device=data.device)
     bar = tqdm(  # samples/s and the loss; off when stderr is not a terminal (CI logs)
         total=len(split), desc=f"epoch {epoch}", unit="img", unit_scale=True, disable=None,
         leave=False, position=1, initial=min(done * cfg.batch_size, len(split)),
@@ -115,8 +119,11 @@ def train_epoch(
         loss_sum += loss.detach() * len(labels)
         correct += (logits.detach().argmax(dim=1) == labels).sum()
         bar.update(len(labels))
-        if i % every == 0:  # the only host sync inside the epoch
-            value = loss.item()
+        stopping = bool(stop) and ranks == 1  # several ranks stop together, at a log step
+        if i % every == 0:  # the only host sync inside the epoch: all ranks agree here
+            flag = torch.tensor(float(bool(stop)), device=loss.device)
+            total, stops = distributed.sum_all(loss, flag)
+            value, stopping = total.item() / ranks, stops.item() > 0
             check_finite(value, f"epoch {epoch} step {i}", cfg.train.on_nan)
             step_losses.append(((epoch - 1) * steps + i, value))
             bar.set_postfix(loss=f"{value:.4f}")
@@ -124,12 +131,14 @@ def train_epoch(
                 f"Epoch [{epoch:>3d} / {cfg.epochs:>3d}] Step [{i:>6d} / {steps:>6d}] "
                 f"Loss: {value:>7f}"
             )
-        if stop and i < steps:  # Ctrl-C or SIGTERM: the caller checkpoints the epoch so far
+        if stopping and i < steps:  # Ctrl-C or SIGTERM: the caller checkpoints the epoch so far
             bar.close()
+            loss_sum, correct = distributed.sum_all(loss_sum, correct)
             sums = {"loss_sum": loss_sum.item(), "correct": correct.item()}
             raise EpochInterrupted({"step": i, **sums, "step_losses": list(step_losses)})
     bar.close()
-    metrics = {"loss": loss_sum.item() / len(split), "acc": correct.item() / len(split)}
+    loss_sum, correct = distributed.sum_all(loss_sum, correct)
+    metrics = {"loss": loss_sum.item() / trained, "acc": correct.item() / trained}
     check_finite(metrics["loss"], f"the end of epoch {epoch}", cfg.train.on_nan)
     return metrics
 
@@ -172,12 +181,13 @@ def train(cfg: DictConfig, output_dir: str | Path | None = None) -> float:
     output_dir.mkdir(parents=True, exist_ok=True)
     tracking.save_hydra_files(cfg, output_dir)
     seed_everything(cfg.seed)
-    device = resolve_device(cfg.device)
-    threads = cfg.device.threads or threads_per_job()  # parallel sweep jobs share the cores
-    if threads:
+    device = distributed.setup(resolve_device(cfg.device))  # under torchrun: this rank's device
+    main = distributed.is_main()  # rank 0 alone logs and writes checkpoints
+    threads = cfg.device.threads or threads_per_job() or distributed.cpu_threads()  # share cores
+    if threads and device.type == "cpu":
         torch.set_num_threads(threads)
     data = build(cfg.data, seed=cfg.seed).to(device)
-    connection = tracking.connect_in_background(cfg)  # overlaps building the model and optimizer
+    connection = main and tracking.connect_in_background(cfg)  # overlaps building the model
     model = build(cfg.model, in_shape=data.in_shape, num_classes=data.num_classes).to(device)
     optimizer = build(cfg.optimizer, params=model.parameters())
     first_epoch, best_val_acc, partial = 1, -1.0, None
@@ -186,16 +196,23 @@ def train(cfg: DictConfig, output_dir: str | Path | None = None) -> float:
         first_epoch, best_val_acc = state["epoch"] + 1, state["best_val_acc"]
         partial = state.get("partial")  # stopped midway through first_epoch
     net = compiled(model, cfg.device.compile)  # shares model's parameters
+    trainer = distributed.wrap(net)  # DistributedDataParallel under torchrun: grads all-reduced
     log.info(
         f"{type(model).__name__} on {device}: {len(data.train)} train, "
         f"{len(data.val)} val, {len(data.test)} test samples"
     )
 
-    run_tags = {"device": str(device), "torch.threads": str(torch.get_num_threads())}
+    run_tags = {
+        "device": str(device),
+        "torch.threads": str(torch.get_num_threads()),
+        "distributed.world_size": str(distributed.world_size()),
+    }
     resume_id = state and state["run_id"]
     with (
         StopRequest().installed() as stop,
-        tracking.start_run(cfg, output_dir, run_tags, connection, resume_id) as run,
+        tracking.start_run(cfg, output_dir, run_tags, connection, resume_id)
+        if main
+        else contextlib.nullcontext(tracking.NoRun()) as run,
         logging_redirect_tqdm(),
     ):
         uri = tracking.shown(tracking.tracking_uri(cfg))
@@ -207,13 +224,16 @@ def train(cfg: DictConfig, output_dir: str | Path | None = None) -> float:
             step_losses = list(partial["step_losses"]) if partial else []
             start = time.perf_counter() - (partial["elapsed_s"] if partial else 0.0)
             try:
-                train_m = train_epoch(net, data, optimizer, cfg, epoch, step_losses, stop, partial)
+                train_m = train_epoch(
+                    trainer, data, optimizer, cfg, epoch, step_losses, stop, partial
+                )
             except EpochInterrupted as paused:
                 paused.state["elapsed_s"] = time.perf_counter() - start
-                save_checkpoints(
-                    run, output_dir, model, optimizer, epoch - 1, best_val_acc, cfg, False,
-                    data.info(), partial=paused.state,
-                )  # fmt: skip
+                if main:
+                    save_checkpoints(
+                        run, output_dir, model, optimizer, epoch - 1, best_val_acc, cfg, False,
+                        data.info(), partial=paused.state,
+                    )  # fmt: skip
                 stop.raise_if_requested(
                     f"checkpoint at epoch {epoch} step {paused.state['step']}: "
                     f"continue with python -m train resume={output_dir}"
@@ -237,11 +257,16 @@ def train(cfg: DictConfig, output_dir: str | Path | None = None) -> float:
             epochs.set_postfix(val_acc=f"{val_m['acc']:.4f}")
             improved = val_m["acc"] > best_val_acc
             best_val_acc = max(best_val_acc, val_m["acc"])
-            save_checkpoints(
-                run, output_dir, model, optimizer, epoch, best_val_acc, cfg, improved, data.info()
-            )
+            if main:
+                save_checkpoints(
+                    run, output_dir, model, optimizer, epoch, best_val_acc, cfg, improved,
+                    data.info(),
+                )  # fmt: skip
             stop.raise_if_requested(f"checkpoint after epoch {epoch}: resume={output_dir}")
 
+        distributed.teardown()
+        if not main:  # the other ranks are done: rank 0 writes the outputs
+            return best_val_acc
         run.flush(cfg.mlflow.offline_wait_s)  # the store has every epoch before the plots
         save_state_dict(model, output_dir / "model.pth")
         resolved = tracking.shown(OmegaConf.to_yaml(cfg, resolve=True)).encode()

@@ -72,7 +72,7 @@ def check_server(uri: str, wait_s: float = 10.0) -> None:
     raise ConfigError(
         f"mlflow.tracking_uri={shown(uri)}: no MLflow server answers there ({problem}); start one "
         "(mlflow server --host 127.0.0.1 --port 5000 --backend-store-uri sqlite:///mlruns/mlflow.db)"
-        " or leave mlflow.tracking_uri unset to log to ./mlruns"
+        " or record runs locally in ./mlruns with mlflow=local"
     )
 
 
@@ -282,6 +282,19 @@ class Run:
         self.client.set_tag(self.run_id, key, value)
 
 
+class NoRun:
+    """The run of a torchrun rank other than 0: it logs nothing (rank 0 logs for all)."""
+
+    run_id = None
+
+    def catch_up(self, upto: int) -> int:
+        """Nothing to send: 0 epochs logged."""
+        return 0
+
+    def log_epoch(self, *args: Any) -> None:
+        """Log nothing."""
+
+
 def run_row(client: Any, run: Any) -> dict[str, Any]:
     """What comparisons show of a finished (or failed) run: name, status, val-acc curve, best
     val acc, final test metrics, duration, params; missing values are NaN."""
@@ -381,7 +394,7 @@ def start_run(
         client.update_run(run_id, status=RunStatus.to_string(RunStatus.RUNNING))
     else:
         run_id = client.create_run(experiment_id, tags=all_tags, run_name=run_name).info.run_id
-    container = OmegaConf.to_container(cfg, resolve=True)
+    container = OmegaConf.to_container(cfg, resolve=True, enum_to_str=True)
     container.pop("resume", None)  # where a run was resumed from is not a hyperparameter
     container["mlflow"].pop("tracking_uri", None)  # nor is the store, and its URI may hold secrets
     params = {**flatten(container), **context["choices"]}
