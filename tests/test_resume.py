@@ -66,7 +66,10 @@ def straight_run(tmp_path_factory):
     return only_run(f"sqlite:///{straight / 'mlruns' / 'mlflow.db'}")
 
 
-@pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGINT, signal.SIGTERM], ids=str)
+SIGNALS = [signal.SIGKILL, signal.SIGINT, signal.SIGTERM]
+
+
+@pytest.mark.parametrize("sig", SIGNALS, ids=[s.name for s in SIGNALS])
 def test_stopped_mid_epoch_then_resumed_equals_an_uninterrupted_run(tmp_path, straight_run, sig):
     client_a, run_a = straight_run
     run_dir = stop_during_epoch_2(tmp_path, sig)

@@ -92,3 +92,20 @@ def test_torchrun_trains_on_2_processes_and_logs_one_run_like_one_process(tmp_pa
     for key in ["train/loss", "val/acc", "test/acc"]:
         assert abs(run.data.metrics[key] - alone.data.metrics[key]) < 2e-3, key
     assert run.data.metrics["test/acc"] > 0.8
+
+
+def test_a_sweep_runs_as_tasks_on_a_local_ray_instance(tmp_path):
+    args = ["-m", "data=synthetic", "device=cpu", "epochs=1", "lr=1e-3,1e-2", "sweep_name=on-ray",
+            "hydra/launcher=ray", "+hydra.launcher.ray.init.num_cpus=2",
+            "+hydra.launcher.ray.init.include_dashboard=false"]  # fmt: skip
+    result = run_cli(args, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    client = MlflowClient(f"sqlite:///{tmp_path / 'mlruns' / 'mlflow.db'}")
+    runs = client.search_runs([client.get_experiment_by_name("mnistlab").experiment_id])
+    (parent,) = [r for r in runs if r.info.run_name == "on-ray"]
+    assert parent.data.tags["sweep.launcher"].endswith("RayLauncher")
+    children = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id]
+    assert sorted(r.data.params["lr"] for r in children) == ["0.001", "0.01"]
+    assert {r.info.status for r in runs} == {"FINISHED"}
+    assert all(r.data.metrics["test/acc"] > 0.8 for r in children)
+    assert len({r.data.tags["hydra.output_dir"] for r in children}) == 2

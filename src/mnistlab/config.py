@@ -293,6 +293,9 @@ def compose(overrides: list[str] | None = None) -> DictConfig:
     return cfg
 
 
+EXTRAS = {"hydra/launcher=ray": "ray"}  # options that an optional extra of mnistlab installs
+
+
 def explain(err: Exception) -> str:
     """One line for a Hydra or OmegaConf composition error: the key, the bad value, the fix."""
     from hydra.errors import MissingConfigException, OverrideParseException
@@ -302,6 +305,9 @@ def explain(err: Exception) -> str:
         missing = str(err).split("Could not find '", 1)[-1].split("'", 1)[0]
         group, _, option = missing.rpartition("/")
         options = [o for o in err.options if not o.endswith("_schema")]
+        extra = EXTRAS.get(f"{group}={option}")
+        if extra:
+            return f"{group}={option} needs an optional extra: pip install -e '.[{extra}]'"
         return f"{group}={option} is not an option: use one of {', '.join(options)}"
     if isinstance(err, OverrideParseException):
         return f"{str(err).splitlines()[0]}: write overrides as key=value (Hydra's grammar)"
