@@ -92,7 +92,7 @@ class EpochInterrupted(Exception):
 
 
 def train_epoch(
-    model, data, optimizer, cfg: DictConfig, epoch: int, step_losses: list, stop, partial=None
+    model, data, optimizer, cfg: DictConfig, epoch: int, step_losses: list, stop=None, partial=None
 ) -> dict:
     """One pass over the shuffled train split (from `partial`'s step on, for an epoch resumed
     midway); appends (global step, loss) every log_every steps; stops between steps on `stop`."""
