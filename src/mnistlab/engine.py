@@ -262,7 +262,9 @@ def train(cfg: DictConfig, output_dir: str | Path | None = None) -> float:
                     run, output_dir, model, optimizer, epoch, best_val_acc, cfg, improved,
                     data.info(),
                 )  # fmt: skip
-            stop.raise_if_requested(f"checkpoint after epoch {epoch}: resume={output_dir}")
+            stop.raise_if_requested(
+                f"checkpoint after epoch {epoch}: continue with python -m train resume={output_dir}"
+            )
 
         distributed.teardown()
         if not main:  # the other ranks are done: rank 0 writes the outputs

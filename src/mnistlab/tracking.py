@@ -154,7 +154,6 @@ class Run:
         self.experiment_id = experiment_id
         self.uri = uri
         self.journal = output_dir / "metrics.jsonl"
-        self.unsent = 0  # batches waiting for the store
         self.failure: str | None = None  # why the last attempt failed, while batches wait
         self._queue: queue.Queue = queue.Queue()
         threading.Thread(target=self._send_forever, name="mlflow-sender", daemon=True).start()
@@ -164,7 +163,7 @@ class Run:
             batch = self._queue.get()
             while not self._try_send(batch):
                 time.sleep(1.0)
-            self.unsent -= 1
+            self._queue.task_done()
 
     def _try_send(self, batch: list) -> bool:
         if self.uri.startswith(("http://", "https://")):
@@ -207,12 +206,16 @@ class Run:
         now, epoch = int(time.time() * 1000), record["epoch"]
         batch = [Metric(k, float(v), now, epoch) for k, v in record["metrics"].items()]
         batch += [Metric("train/step_loss", v, now, step) for step, v in record["step_losses"]]
-        self.unsent += 1
         self._queue.put(batch)
 
+    @property
+    def unsent(self) -> int:
+        """Epoch batches not yet in the store."""
+        return self._queue.unfinished_tasks
+
     def catch_up(self, upto: int) -> int:
-        """Queue journal epochs up to `upto` that the store lacks (sent while it was away, or
-        before a kill); return the last epoch the store had."""
+        """Queue the journal's epochs up to `upto` that the store lacks (the server was away, or
+        the process was killed before they went out); return the last epoch the store had."""
         logged = self.logged_epochs()
         records = {}
         if self.journal.exists():
