@@ -56,6 +56,18 @@ SYNTH = ["data=synthetic", "device=cpu", "epochs=1"]
             2,
             "Error: mlflow.tracking_uri=sqlite:////proc/1/x/mlflow.db: cannot write /proc/1/x",
         ),
+        (["mlflow.tracking_uri=foo://bar"], 2, "Error: mlflow.tracking_uri=foo://bar: unknown"),
+        (["mlflow.tracking_uri=/tmp"], 2, "Error: mlflow.tracking_uri=/tmp: MLflow 3 refuses a"),
+        (
+            ["mlflow.tracking_uri=postgresql://u:secret@127.0.0.1:9/db"],  # no driver installed
+            2,
+            "Error: mlflow.tracking_uri=postgresql://u:***@127.0.0.1:9/db: MLflow cannot open",
+        ),
+        (
+            ["-m", "lr=1e-3,1e-2", "mlflow.tracking_uri=postgresql://u:secret@127.0.0.1:9/db"],
+            2,
+            "Error: mlflow.tracking_uri=postgresql://u:***@127.0.0.1:9/db: MLflow cannot open",
+        ),
         (["resume=/nonexistent/last.pth"], 2, "Error: resume=/nonexistent/last.pth: no such"),
         (["optimizer=sgd", "lr=1e6"], 1, "Error: train loss is"),  # the run exists, FAILED
     ],
@@ -66,6 +78,7 @@ def test_bad_input_gets_one_line_a_non_zero_exit_and_leaves_no_running_run(
     result = run_cli([*SYNTH, *args] if "-m" not in args else [*args, *SYNTH], cwd=tmp_path)
     assert result.returncode == code, result.stderr[-2000:]
     assert "Traceback" not in result.stderr + result.stdout
+    assert "secret" not in result.stderr + result.stdout  # passwords in URIs are never shown
     errors = [line for line in result.stderr.splitlines() if "Error" in line]
     assert len(errors) == 1 and errors[0].startswith(message), result.stderr[-2000:]
     assert result.stderr.strip().endswith(errors[0])  # the last word is the one line

@@ -360,6 +360,7 @@ def check_outputs(cfg: DictConfig, multirun: bool) -> None:
         folder = OmegaConf.select(HydraConfig.get(), key.removeprefix("hydra."))
         check_writable(key, folder, folder)
     uri = tracking.tracking_uri(cfg)
+    tracking.check_scheme(uri)
     db = tracking.sqlite_path(uri)
     if db is not None:
         check_writable("mlflow.tracking_uri", uri, db.parent)

@@ -126,9 +126,19 @@ class SweepCallback(Callback):
     """Opens the parent run before the jobs start and closes it, summarised, when they end."""
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
-        """Create or upgrade the store once, open the parent run, and point the jobs at it."""
+        """Create or upgrade the store once, open the parent run, and point the jobs at it.
+
+        Hydra turns a callback's exception into a warning and runs the jobs anyway, so a store
+        that cannot be opened ends the command here, in one line, before any job starts.
+        """
+        from mnistlab.config import ConfigError
+
         job_cfg = OmegaConf.masked_copy(config, [k for k in config if k != "hydra"])
-        client, experiment_id = tracking.connect(job_cfg)  # runs any schema migration, once
+        try:
+            client, experiment_id = tracking.connect(job_cfg)  # runs any migration, once
+        except ConfigError as err:
+            print(f"Error: {err}", file=sys.stderr)
+            raise SystemExit(2) from None
         prepare_store(tracking.tracking_uri(job_cfg))
         sweep_dir = Path(str(config.hydra.sweep.dir)).resolve()
         swept = swept_keys(config)
@@ -158,6 +168,10 @@ class SweepCallback(Callback):
         sweep_dir = Path(str(config.hydra.sweep.dir)).resolve()
         try:
             STATE.failed_jobs = summarise(STATE.client, STATE.parent_run_id, sweep_dir)
+        except Exception as err:  # Hydra would only warn: the exit code must say it
+            log.error(f"the sweep summary failed: {type(err).__name__}: {err}")
+            STATE.failed_jobs = max(STATE.failed_jobs, 1)
+            raise
         finally:
             close_parent("FAILED" if STATE.failed_jobs else "FINISHED")
 

@@ -48,6 +48,33 @@ def how_to_open(uri: str, run: "Run") -> str:
     return f"open {shown(uri).rstrip('/')}/{page}"
 
 
+STORE_SCHEMES = {"sqlite", "postgresql", "mysql", "mssql", "http", "https", "databricks"}
+
+
+def check_scheme(uri: str) -> None:
+    """Raise ConfigError for a store URI MLflow 3 will not open: an unknown scheme, or a folder
+    (the file store, which MLflow now refuses unless MLFLOW_ALLOW_FILE_STORE=true)."""
+    from urllib.parse import urlparse
+
+    from mnistlab.config import ConfigError
+
+    scheme = urlparse(uri).scheme.split("+")[0]
+    if scheme in ("", "file"):
+        if os.environ.get("MLFLOW_ALLOW_FILE_STORE", "").lower() == "true":
+            return
+        folder = uri.removeprefix("file://")
+        raise ConfigError(
+            f"mlflow.tracking_uri={shown(uri)}: MLflow 3 refuses a folder (file store) by default; "
+            f"use a SQLite store in it, mlflow.tracking_uri=sqlite:///{Path(folder).absolute()}"
+            "/mlflow.db (or set MLFLOW_ALLOW_FILE_STORE=true)"
+        )
+    if scheme not in STORE_SCHEMES:
+        raise ConfigError(
+            f"mlflow.tracking_uri={shown(uri)}: unknown store scheme {scheme!r}; use one of "
+            "sqlite:///path/mlflow.db, postgresql://..., mysql://..., http://host:port"
+        )
+
+
 def check_server(uri: str, wait_s: float = 10.0) -> None:
     """For an http(s) store, raise ConfigError unless an MLflow server answers within `wait_s`
     (MLflow's own client retries for about 4 minutes before it gives up)."""
@@ -339,11 +366,22 @@ def connect(cfg: DictConfig) -> tuple[Any, str]:
     import mlflow
     from mlflow import MlflowClient
 
+    from mnistlab.config import ConfigError
+
     uri = tracking_uri(cfg)
+    check_scheme(uri)
     check_server(uri)
     mlflow.set_tracking_uri(uri)  # for MLflow calls that take no client, like Model.log
-    client = MlflowClient(tracking_uri=uri)
-    experiment_id = get_experiment_id(client, cfg.mlflow.experiment, uri)
+    try:
+        client = MlflowClient(tracking_uri=uri)
+        experiment_id = get_experiment_id(client, cfg.mlflow.experiment, uri)
+    except (ImportError, mlflow.exceptions.MlflowException) as err:  # no driver, a refusing DB
+        reason = " ".join(f"{type(err).__name__}: {err}".split())[:300]
+        raise ConfigError(
+            f"mlflow.tracking_uri={shown(uri)}: MLflow cannot open this store ({shown(reason)}); "
+            "check the address and credentials, and install the database's driver "
+            "(e.g. pip install psycopg2-binary for postgresql, mysqlclient for mysql)"
+        ) from err
     mlflow.set_experiment(experiment_id=experiment_id)  # where Model.log puts logged models
     return client, experiment_id
 
