@@ -1,6 +1,8 @@
 """Shared fixtures: the real datasets from ../shared/data, a temp MLflow store, and the CLI."""
 
+import contextlib
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -81,7 +83,7 @@ def mlflow_server(folder: Path, port: int | None = None) -> Iterator[str]:
         [str(Path(sys.executable).with_name("mlflow")), "server", "--host", "127.0.0.1",
          "--port", str(port), "--backend-store-uri", f"sqlite:///{folder / 'mlflow.db'}",
          "--artifacts-destination", str(folder / "artifacts"), "--workers", "1"],
-        cwd=folder, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        cwd=folder, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
     )  # fmt: skip
     url = f"http://127.0.0.1:{port}"
     try:
@@ -96,6 +98,16 @@ def mlflow_server(folder: Path, port: int | None = None) -> Iterator[str]:
             assert time.monotonic() < deadline, "mlflow server did not come up in 90 s"
             time.sleep(0.3)
         yield url
-    finally:
-        proc.terminate()
+    finally:  # the server and its uvicorn workers, and wait until the port is closed
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGTERM)
         proc.wait(timeout=30)
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            with socket.socket() as probe:
+                if probe.connect_ex(("127.0.0.1", port)) != 0:
+                    break
+            time.sleep(0.1)
+        else:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGKILL)

@@ -85,6 +85,17 @@ def test_bad_input_gets_one_line_a_non_zero_exit_and_leaves_no_running_run(
     assert running_runs(tmp_path) == []
 
 
+def test_truncated_dataset_files_are_named_unreadable_not_missing(tmp_path):
+    raw = tmp_path / "data" / "MNIST" / "raw"
+    raw.mkdir(parents=True)
+    for source in (DATA_ROOT / "MNIST" / "raw").glob("*ubyte"):
+        (raw / source.name).write_bytes(source.read_bytes()[:1000])
+    result = run_cli(["epochs=1", f"data.root={tmp_path / 'data'}"], cwd=tmp_path)
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert result.stderr.startswith(f"Error: data.root={tmp_path / 'data'}: the MNIST files in ")
+    assert "are unreadable" in result.stderr and running_runs(tmp_path) == []
+
+
 def test_an_unreachable_tracking_server_is_answered_within_15_s(tmp_path):
     start = time.monotonic()
     result = run_cli([*SYNTH, f"mlflow.tracking_uri=http://127.0.0.1:{free_port()}"], tmp_path)

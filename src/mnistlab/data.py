@@ -185,7 +185,15 @@ def load_torchvision(
         t = read_cached(dataset, root_path, download, Path(cache_dir) if cache_dir else None)
     except (RuntimeError, OSError) as err:
         cls = get_class(dataset)
-        expected = ", ".join(Path(url).name.removesuffix(".gz") for url, _ in cls.resources)
+        names = [Path(url).name.removesuffix(".gz") for url, _ in cls.resources]
+        raw_dir = root_path / cls.__name__ / "raw"
+        if all((raw_dir / name).is_file() for name in names):  # there, but truncated or corrupt
+            reason = " ".join(str(err).split())[:200]
+            raise DataError(
+                f"data.root={root}: the {cls.__name__} files in {raw_dir} are unreadable "
+                f"({reason}); replace them with intact copies, or delete them and go online"
+            ) from err
+        expected = ", ".join(names)
         why = " ".join(str(err).split()) if download else "data.download=false"
         raise DataError(
             f"data.root={root}: no {cls.__name__} in {root_path / cls.__name__ / 'raw'} "
