@@ -96,6 +96,19 @@ def test_truncated_dataset_files_are_named_unreadable_not_missing(tmp_path):
     assert "are unreadable" in result.stderr and running_runs(tmp_path) == []
 
 
+def test_runs_started_together_in_one_folder_keep_their_own_outputs_and_runs(tmp_path):
+    procs = [start_training(tmp_path, [*SYNTH, f"seed={seed}"]) for seed in (1, 2)]
+    for proc in procs:
+        output, _ = proc.communicate(timeout=300)
+        assert proc.returncode == 0, output[-2000:]
+    client = MlflowClient(f"sqlite:///{tmp_path / 'mlruns' / 'mlflow.db'}")
+    runs = client.search_runs([client.get_experiment_by_name("mnistlab").experiment_id])
+    assert sorted(r.data.params["seed"] for r in runs) == ["1", "2"]
+    assert {r.info.status for r in runs} == {"FINISHED"}
+    dirs = {r.data.tags["hydra.output_dir"] for r in runs}
+    assert len(dirs) == 2 and all((Path(d) / "last.pth").is_file() for d in dirs)
+
+
 def test_an_unreachable_tracking_server_is_answered_within_15_s(tmp_path):
     start = time.monotonic()
     result = run_cli([*SYNTH, f"mlflow.tracking_uri=http://127.0.0.1:{free_port()}"], tmp_path)

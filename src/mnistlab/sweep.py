@@ -12,7 +12,6 @@ import logging
 import math
 import os
 import shlex
-import sqlite3
 import sys
 from pathlib import Path
 from typing import Any
@@ -94,14 +93,6 @@ def mark_failed(reason: str) -> None:
     (output_dir / FAILED_MARK).write_text(reason + "\n")
 
 
-def prepare_store(uri: str) -> None:
-    """Put a new SQLite store in WAL mode, so parallel jobs can write while others read."""
-    db = tracking.sqlite_path(uri)
-    if db is not None:
-        with sqlite3.connect(db, timeout=30) as con:
-            con.execute("PRAGMA journal_mode=WAL")
-
-
 def reopen_parent(client: Any, sweep_dir: Path) -> str | None:
     """The parent run of an earlier sweep in `sweep_dir`, set RUNNING again; None if none."""
     from mlflow.exceptions import MlflowException
@@ -139,7 +130,6 @@ class SweepCallback(Callback):
         except ConfigError as err:
             print(f"Error: {err}", file=sys.stderr)
             raise SystemExit(2) from None
-        prepare_store(tracking.tracking_uri(job_cfg))
         sweep_dir = Path(str(config.hydra.sweep.dir)).resolve()
         swept = swept_keys(config)
         name = config.get("sweep_name") or f"{sweep_dir.parent.name}_{sweep_dir.name}"

@@ -6,6 +6,7 @@ import logging
 import os
 import queue
 import re
+import sqlite3
 import subprocess
 import threading
 import time
@@ -361,6 +362,23 @@ def get_experiment_id(client: Any, name: str, uri: str) -> str:
         return client.get_experiment_by_name(name).experiment_id
 
 
+@contextmanager
+def store_lock(db: Path | None) -> Iterator[None]:
+    """Hold an exclusive lock beside a SQLite store while it may be created or upgraded: MLflow's
+    schema setup fails when two processes open a new store at once."""
+    try:
+        import fcntl
+    except ImportError:  # not on Windows
+        fcntl = None
+    if db is None or fcntl is None:
+        yield
+        return
+    db.parent.mkdir(parents=True, exist_ok=True)
+    with open(db.parent / f".{db.name}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        yield
+
+
 def connect(cfg: DictConfig) -> tuple[Any, str]:
     """Import MLflow and open the store and experiment (creating them if new): (client, id)."""
     import mlflow
@@ -372,9 +390,14 @@ def connect(cfg: DictConfig) -> tuple[Any, str]:
     check_scheme(uri)
     check_server(uri)
     mlflow.set_tracking_uri(uri)  # for MLflow calls that take no client, like Model.log
+    db = sqlite_path(uri)
     try:
-        client = MlflowClient(tracking_uri=uri)
-        experiment_id = get_experiment_id(client, cfg.mlflow.experiment, uri)
+        with store_lock(db):  # the first process creates the store, the others wait for it
+            client = MlflowClient(tracking_uri=uri)
+            experiment_id = get_experiment_id(client, cfg.mlflow.experiment, uri)
+            if db is not None:  # WAL: parallel runs write while others read
+                with sqlite3.connect(db, timeout=30) as con:
+                    con.execute("PRAGMA journal_mode=WAL")
     except (ImportError, mlflow.exceptions.MlflowException) as err:  # no driver, a refusing DB
         reason = " ".join(f"{type(err).__name__}: {err}".split())[:300]
         raise ConfigError(
