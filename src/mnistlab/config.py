@@ -215,8 +215,11 @@ def _all(test: Any) -> Any:
 
 
 def _finite(v: Any) -> bool:
+    """A real number, not NaN or infinite."""
     return isinstance(v, int | float) and math.isfinite(v)
 
+
+_ABSENT = object()  # what OmegaConf.select gives for a key this config lacks
 
 # (key, check, what is allowed): keys a config lacks (an option's own fields) are skipped.
 RANGES = [
@@ -268,9 +271,6 @@ def validate(cfg: DictConfig) -> None:
         raise ConfigError(
             f"optimizer.betas={list(cfg.optimizer.betas)} is invalid: use two numbers in [0, 1)"
         )
-
-
-_ABSENT = object()
 
 
 def compose(overrides: list[str] | None = None) -> DictConfig:
