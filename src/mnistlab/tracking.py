@@ -211,6 +211,7 @@ class Run:
         return True
 
     def _failed(self, reason: str) -> bool:
+        reason = shown(reason)  # MLflow's messages carry the URI, password and all
         if self.failure is None:
             log.warning(f"MLflow: {reason}; training goes on, metrics wait in {self.journal}")
         self.failure = reason
