@@ -28,7 +28,8 @@ from mnistlab.config import compose
 from mnistlab.device import resolve_device
 from mnistlab.engine import build, seed_everything, train_epoch
 
-ROOT = os.environ.get("MNISTLAB_DATA", str(Path(__file__).resolve().parents[2] / "shared/data"))
+DEFAULT_ROOT = Path(__file__).resolve().parents[2] / "shared" / "data"
+ROOT = str(Path(os.environ.get("MNISTLAB_DATA", DEFAULT_ROOT)).resolve())
 
 
 def tutorial_epoch(cfg, device) -> float:

@@ -19,7 +19,7 @@ from pathlib import Path
 from mlflow import MlflowClient
 
 HERE = Path(__file__).resolve().parent
-ROOT = os.environ.get("MNISTLAB_DATA", str(HERE.parents[1] / "shared" / "data"))
+ROOT = str(Path(os.environ.get("MNISTLAB_DATA", HERE.parents[1] / "shared" / "data")).resolve())
 
 
 def timed(cmd: list[str], cwd: str, **env: str) -> float:
