@@ -200,7 +200,7 @@ OUTAGE = ["data=synthetic", "data.train_size=20000", f"epochs={EPOCHS}", "device
 EPOCH_KEYS = ["train/loss", "train/acc", "val/loss", "val/acc", "test/loss", "test/acc"]
 
 
-def assert_every_epoch_arrived(url: str) -> None:
+def assert_every_epoch_arrived(url: str, checkpoints: bool = False) -> None:
     client = MlflowClient(url)
     (run,) = client.search_runs([client.get_experiment_by_name("mnistlab").experiment_id])
     assert run.info.status == "FINISHED"
@@ -209,12 +209,16 @@ def assert_every_epoch_arrived(url: str) -> None:
     assert history(client, run.info.run_id, "train/step_loss")
     names = {a.path for a in client.list_artifacts(run.info.run_id)}
     assert {"model.pth", "config.yaml", "train.log"} <= names
+    if checkpoints:  # uploaded from the queue once the server was back
+        uploaded = {a.path for a in client.list_artifacts(run.info.run_id, "checkpoints")}
+        assert "checkpoints/last.pth" in uploaded
 
 
 def test_training_goes_on_while_the_server_is_away_and_every_metric_arrives(tmp_path):
     folder, port = tmp_path / "server", free_port()
     with mlflow_server(folder, port) as url:
-        proc = start_training(tmp_path, [*OUTAGE, f"mlflow.tracking_uri={url}"])
+        args = [*OUTAGE, "checkpoint.log_to_mlflow=true", f"mlflow.tracking_uri={url}"]
+        proc = start_training(tmp_path, args)
         wait_for(lambda: journal_lines(tmp_path) >= 1, proc, "first epoch")
     try:  # the server is down now; training must not wait for it
         wait_for(lambda: journal_lines(tmp_path) >= 3, proc, "epochs while the server is down")
@@ -222,7 +226,7 @@ def test_training_goes_on_while_the_server_is_away_and_every_metric_arrives(tmp_
             output, _ = proc.communicate(timeout=300)
             assert proc.returncode == 0, output[-2000:]
             assert "training goes on" in output and "reachable again" in output
-            assert_every_epoch_arrived(url)
+            assert_every_epoch_arrived(url, checkpoints=True)
     finally:
         proc.kill()
 

@@ -315,4 +315,4 @@ def save_checkpoints(
         names.append(output_dir / "best.pth")
     if cfg.checkpoint.log_to_mlflow:
         for path in names:
-            run.log_artifact(path, "checkpoints")
+            run.upload_later(path, "checkpoints")

@@ -11,7 +11,7 @@ import subprocess
 import threading
 import time
 import traceback
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
 from pathlib import Path
@@ -188,12 +188,12 @@ class Run:
 
     def _send_forever(self) -> None:
         while True:
-            batch = self._queue.get()
-            while not self._try_send(batch):
+            send = self._queue.get()
+            while not self._try_send(send):
                 time.sleep(1.0)
             self._queue.task_done()
 
-    def _try_send(self, batch: list) -> bool:
+    def _try_send(self, send: Callable[[], None]) -> bool:
         if self.uri.startswith(("http://", "https://")):
             try:  # MLflow's own client would retry one request for minutes
                 import requests
@@ -202,7 +202,7 @@ class Run:
             except Exception as err:
                 return self._failed(f"server unreachable: {type(err).__name__}")
         try:
-            self.client.log_batch(self.run_id, metrics=batch, synchronous=True)
+            send()
         except Exception as err:
             return self._failed(f"{type(err).__name__}: {' '.join(str(err).split())[:200]}")
         if self.failure:
@@ -235,11 +235,16 @@ class Run:
         now, epoch = int(time.time() * 1000), record["epoch"]
         batch = [Metric(k, float(v), now, epoch) for k, v in record["metrics"].items()]
         batch += [Metric("train/step_loss", v, now, step) for step, v in record["step_losses"]]
-        self._queue.put(batch)
+        self._queue.put(lambda: self.client.log_batch(self.run_id, metrics=batch, synchronous=True))
+
+    def upload_later(self, path: Path, artifact_path: str | None = None) -> None:
+        """Queue a file for the run's artifacts behind the metrics: a checkpoint upload waits
+        for a missing server in the sender, not in the training loop."""
+        self._queue.put(lambda: self.log_artifact(path, artifact_path))
 
     @property
     def unsent(self) -> int:
-        """Epoch batches not yet in the store."""
+        """Epoch batches (and checkpoint uploads) not yet in the store."""
         return self._queue.unfinished_tasks
 
     def catch_up(self, upto: int) -> int:
@@ -265,9 +270,10 @@ class Run:
         if self.unsent:
             raise TrackingUnavailable(
                 f"MLflow store {shown(self.uri)} unreachable for {wait_s:g} s "
-                f"(mlflow.offline_wait_s; {self.failure}): {self.unsent} epochs of metrics are "
-                f"kept in {self.journal}; the run stays RUNNING there. Once it is back, "
-                f"send them and finish the run with: python -m train resume={self.journal.parent}"
+                f"(mlflow.offline_wait_s; {self.failure}): {self.unsent} uploads did not reach "
+                f"it; every epoch's metrics are kept in {self.journal}, the run stays RUNNING "
+                f"there. Once it is back, send them and finish the run with: "
+                f"python -m train resume={self.journal.parent}"
             )
 
     def log_artifact(self, path: Path, artifact_path: str | None = None) -> None:
