@@ -37,14 +37,19 @@ def store(tmp_path: Path) -> str:
     return f"sqlite:///{tmp_path / 'store' / 'mlflow.db'}"
 
 
+def cli_env(**extra: str) -> dict[str, str]:
+    """The environment of a command run as a user would: MNISTLAB_DATA set, and no
+    MLFLOW_TRACKING_URI from the caller's shell (each test picks its store)."""
+    environ = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
+    return {**environ, "MNISTLAB_DATA": str(DATA_ROOT), "PYTHONUNBUFFERED": "1", **extra}
+
+
 def run_cli(args: list[str], cwd: Path, timeout: float = 600, **env: str):
     """Run `python -m train ARGS` in `cwd` as a user would, with MNISTLAB_DATA set."""
-    environ = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
-    environ.update({"MNISTLAB_DATA": str(DATA_ROOT), "PYTHONUNBUFFERED": "1", **env})
     return subprocess.run(
         [sys.executable, "-m", "train", *args],
         cwd=cwd,
-        env=environ,
+        env=cli_env(**env),
         capture_output=True,
         text=True,
         timeout=timeout,
@@ -74,9 +79,12 @@ def free_port() -> int:
 
 
 @contextmanager
-def mlflow_server(folder: Path, port: int | None = None) -> Iterator[str]:
+def mlflow_server(
+    folder: Path, port: int | None = None, stop: signal.Signals = signal.SIGTERM
+) -> Iterator[str]:
     """A real `mlflow server` on 127.0.0.1 over a SQLite store and an artifact store (proxied as
-    mlflow-artifacts:) in `folder`; its URL, once /health answers."""
+    mlflow-artifacts:) in `folder`; its URL, once /health answers. `stop` ends it (SIGKILL: a
+    crash, with no graceful shutdown that could still serve a request)."""
     port = port or free_port()
     folder.mkdir(parents=True, exist_ok=True)
     proc = subprocess.Popen(
@@ -100,7 +108,7 @@ def mlflow_server(folder: Path, port: int | None = None) -> Iterator[str]:
         yield url
     finally:  # the server and its uvicorn workers, and wait until the port is closed
         with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, signal.SIGTERM)
+            os.killpg(proc.pid, stop)
         proc.wait(timeout=30)
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:

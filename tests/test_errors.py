@@ -1,7 +1,7 @@
 """Bad input and faults: one clear line, a non-zero exit, no traceback, no run left RUNNING, and
 no metric lost when the tracking server goes away."""
 
-import os
+import signal
 import sqlite3
 import subprocess
 import sys
@@ -13,7 +13,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from mlflow import MlflowClient
 
-from conftest import DATA_ROOT, free_port, history, mlflow_server, run_cli
+from conftest import DATA_ROOT, cli_env, free_port, history, mlflow_server, run_cli
 from mnistlab.config import ConfigError, check_command_line
 
 
@@ -174,10 +174,8 @@ def test_no_override_string_makes_the_config_layer_raise_anything_but_one_line(a
 
 
 def start_training(cwd: Path, args: list[str]) -> subprocess.Popen:
-    env = {**os.environ, "MNISTLAB_DATA": str(DATA_ROOT)}
-    env.pop("MLFLOW_TRACKING_URI", None)
     return subprocess.Popen(
-        [sys.executable, "-m", "train", *args], cwd=cwd, env=env,
+        [sys.executable, "-m", "train", *args], cwd=cwd, env=cli_env(),
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
     )  # fmt: skip
 
@@ -195,7 +193,7 @@ def wait_for(condition, proc: subprocess.Popen, what: str, timeout: float = 120)
 
 
 EPOCHS = 5
-OUTAGE = ["data=synthetic", "data.train_size=20000", f"epochs={EPOCHS}", "device=cpu",
+OUTAGE = ["data=synthetic", "data.train_size=40000", f"epochs={EPOCHS}", "device=cpu",
           "mlflow.log_model=false", "train.plots=false"]  # fmt: skip
 EPOCH_KEYS = ["train/loss", "train/acc", "val/loss", "val/acc", "test/loss", "test/acc"]
 
@@ -216,10 +214,11 @@ def assert_every_epoch_arrived(url: str, checkpoints: bool = False) -> None:
 
 def test_training_goes_on_while_the_server_is_away_and_every_metric_arrives(tmp_path):
     folder, port = tmp_path / "server", free_port()
-    with mlflow_server(folder, port) as url:
+    with mlflow_server(folder, port, stop=signal.SIGKILL) as url:
         args = [*OUTAGE, "checkpoint.log_to_mlflow=true", f"mlflow.tracking_uri={url}"]
         proc = start_training(tmp_path, args)
         wait_for(lambda: journal_lines(tmp_path) >= 1, proc, "first epoch")
+    assert proc.poll() is None and journal_lines(tmp_path) < EPOCHS, "no epoch met the outage"
     try:  # the server is down now; training must not wait for it
         wait_for(lambda: journal_lines(tmp_path) >= 3, proc, "epochs while the server is down")
         with mlflow_server(folder, port) as url:  # back, on the same store
@@ -234,9 +233,10 @@ def test_training_goes_on_while_the_server_is_away_and_every_metric_arrives(tmp_
 def test_a_server_gone_for_good_keeps_the_metrics_and_resume_sends_them(tmp_path):
     folder, port = tmp_path / "server", free_port()
     args = [*OUTAGE, "mlflow.offline_wait_s=2"]
-    with mlflow_server(folder, port) as url:
+    with mlflow_server(folder, port, stop=signal.SIGKILL) as url:
         proc = start_training(tmp_path, [*args, f"mlflow.tracking_uri={url}"])
         wait_for(lambda: journal_lines(tmp_path) >= 1, proc, "first epoch")
+    assert proc.poll() is None and journal_lines(tmp_path) < EPOCHS, "no epoch met the outage"
     try:
         output, _ = proc.communicate(timeout=300)
     finally:

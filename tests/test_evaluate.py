@@ -1,6 +1,5 @@
 """The evaluate and predict entrypoints, and the MLflow PyTorch model of every run."""
 
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -10,16 +9,14 @@ import pytest
 import torch
 from PIL import Image
 
-from conftest import DATA_ROOT, only_run, run_cli
+from conftest import cli_env, only_run, run_cli
 from mnistlab.data import normalize
 from mnistlab.inference import load_trained
 
 
 def module(name: str, args: list[str], cwd: Path) -> subprocess.CompletedProcess:
     """`python -m mnistlab.NAME ARGS` in `cwd`, as a user would run it."""
-    env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
-    env["MNISTLAB_DATA"] = str(DATA_ROOT)
-    return subprocess.run([sys.executable, "-m", f"mnistlab.{name}", *args], cwd=cwd, env=env,
+    return subprocess.run([sys.executable, "-m", f"mnistlab.{name}", *args], cwd=cwd, env=cli_env(),
                           capture_output=True, text=True, timeout=300)  # fmt: skip
 
 

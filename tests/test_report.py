@@ -1,19 +1,16 @@
 """`python -m mnistlab.report` over a real sweep in a fresh store."""
 
 import csv
-import os
 import subprocess
 import sys
 
 import pytest
 
-from conftest import DATA_ROOT, run_cli
+from conftest import cli_env, run_cli
 
 
 def report(args: list[str], cwd) -> subprocess.CompletedProcess:
-    env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
-    env["MNISTLAB_DATA"] = str(DATA_ROOT)
-    return subprocess.run([sys.executable, "-m", "mnistlab.report", *args], cwd=cwd, env=env,
+    return subprocess.run([sys.executable, "-m", "mnistlab.report", *args], cwd=cwd, env=cli_env(),
                           capture_output=True, text=True, timeout=120)  # fmt: skip
 
 

@@ -1,7 +1,6 @@
 """Checkpoints and resume: a SIGKILL loses at most the epoch in progress, Ctrl-C and SIGTERM lose
 nothing, and resuming into the same MLflow run ends exactly where an uninterrupted run ends."""
 
-import os
 import signal
 import sqlite3
 import subprocess
@@ -12,7 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import DATA_ROOT, history, only_run, run_cli
+from conftest import cli_env, history, only_run, run_cli
 
 RUN = ["data=synthetic", "data.train_size=30000", "epochs=3", "device=cpu", "train.log_every=50"]
 EPOCH_METRICS = ["train/loss", "train/acc", "val/loss", "val/acc", "test/loss", "test/acc"]
@@ -32,8 +31,7 @@ def logged_epochs(db: Path) -> int:
 
 def stop_during_epoch_2(cwd: Path, sig: signal.Signals) -> Path:
     """Start the run, send `sig` once epoch 1 is logged (so during epoch 2); its output dir."""
-    env = {**os.environ, "MNISTLAB_DATA": str(DATA_ROOT)}
-    env.pop("MLFLOW_TRACKING_URI", None)
+    env = cli_env()
     proc = subprocess.Popen(
         [sys.executable, "-m", "train", *RUN], cwd=cwd, env=env,
         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
@@ -163,8 +161,7 @@ def test_unknown_run_id_gives_one_line_and_exit_2(tmp_path):
 def test_rerunning_a_killed_sweep_skips_finished_jobs_and_resumes_the_dead_one(tmp_path):
     sweep = ["-m", "data=synthetic", "data.train_size=30000", "epochs=3", "device=cpu",
              "seed=0,1,2", f"hydra.sweep.dir={tmp_path / 'sweep'}"]  # fmt: skip
-    env = {**os.environ, "MNISTLAB_DATA": str(DATA_ROOT)}
-    env.pop("MLFLOW_TRACKING_URI", None)
+    env = cli_env()
     db = tmp_path / "mlruns" / "mlflow.db"
     proc = subprocess.Popen([sys.executable, "-m", "train", *sweep], cwd=tmp_path, env=env,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip

@@ -1,7 +1,6 @@
 """Scale-out on existing engines: a shared `mlflow server` (mlflow=server), torchrun DDP, Ray."""
 
 import filecmp
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -10,7 +9,7 @@ import mlflow
 import yaml
 from mlflow import MlflowClient
 
-from conftest import DATA_ROOT, history, mlflow_server, only_run, run_cli
+from conftest import cli_env, history, mlflow_server, only_run, run_cli
 from mnistlab.tracking import flatten
 
 SYNTH = ["data=synthetic", "device=cpu", "epochs=2"]
@@ -65,11 +64,9 @@ def test_a_parallel_sweep_against_a_real_tracking_server_arrives_whole(tmp_path)
 
 def torchrun(args: list[str], cwd: Path) -> subprocess.CompletedProcess:
     """`torchrun --nproc_per_node=2 -m train ARGS`, exactly as a user types it."""
-    env = {**os.environ, "MNISTLAB_DATA": str(DATA_ROOT)}
-    env.pop("MLFLOW_TRACKING_URI", None)
     command = [str(Path(sys.executable).with_name("torchrun")), "--nproc_per_node=2"]
     return subprocess.run(
-        [*command, "-m", "train", *args], cwd=cwd, env=env, capture_output=True, text=True,
+        [*command, "-m", "train", *args], cwd=cwd, env=cli_env(), capture_output=True, text=True,
         timeout=300,
     )  # fmt: skip
 

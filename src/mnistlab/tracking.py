@@ -76,27 +76,29 @@ def check_scheme(uri: str) -> None:
         )
 
 
-def check_server(uri: str, wait_s: float = 10.0) -> None:
-    """For an http(s) store, raise ConfigError unless an MLflow server answers within `wait_s`
-    (MLflow's own client retries for about 4 minutes before it gives up)."""
+def server_problem(uri: str, timeout: float = 3.0) -> str | None:
+    """Why the MLflow server of an http(s) store does not answer /health (MLflow's own client
+    would retry one request for about 4 minutes); None if it does, or the store is no server."""
     if not uri.startswith(("http://", "https://")):
-        return
+        return None
     import requests
 
+    try:
+        reply = requests.get(f"{uri.rstrip('/')}/health", timeout=timeout)
+    except requests.RequestException as err:
+        return type(err).__name__
+    return None if reply.ok else f"HTTP {reply.status_code} from /health"
+
+
+def check_server(uri: str, wait_s: float = 10.0) -> None:
+    """Raise ConfigError unless the store's server (if it has one) answers within `wait_s`."""
     from mnistlab.config import ConfigError
 
     deadline = time.monotonic() + wait_s
-    while True:
-        try:
-            reply = requests.get(f"{uri.rstrip('/')}/health", timeout=3)
-            if reply.ok:
-                return
-            problem = f"HTTP {reply.status_code} from /health"
-        except requests.RequestException as err:
-            problem = type(err).__name__
-        if time.monotonic() > deadline:
-            break
+    while (problem := server_problem(uri)) is not None and time.monotonic() < deadline:
         time.sleep(0.5)
+    if problem is None:
+        return
     raise ConfigError(
         f"mlflow.tracking_uri={shown(uri)}: no MLflow server answers there ({problem}); start one "
         "(mlflow server --host 127.0.0.1 --port 5000 --backend-store-uri sqlite:///mlruns/mlflow.db)"
@@ -194,13 +196,9 @@ class Run:
             self._queue.task_done()
 
     def _try_send(self, send: Callable[[], None]) -> bool:
-        if self.uri.startswith(("http://", "https://")):
-            try:  # MLflow's own client would retry one request for minutes
-                import requests
-
-                requests.get(f"{self.uri.rstrip('/')}/health", timeout=2).raise_for_status()
-            except Exception as err:
-                return self._failed(f"server unreachable: {type(err).__name__}")
+        problem = server_problem(self.uri, timeout=2)
+        if problem is not None:
+            return self._failed(f"server unreachable: {problem}")
         try:
             send()
         except Exception as err:
@@ -227,6 +225,10 @@ class Run:
             f.write(json.dumps(record) + "\n")
             f.flush()
             os.fsync(f.fileno())
+        if self.unsent and self.failure is None:  # the sender may be deep in MLflow's retries
+            problem = server_problem(self.uri, timeout=2)
+            if problem is not None:
+                self._failed(f"server unreachable: {problem}")
         self._queue_record(record)
 
     def _queue_record(self, record: dict) -> None:
