@@ -1,6 +1,7 @@
 """Checkpoints and resume: a SIGKILL loses at most the epoch in progress, Ctrl-C and SIGTERM lose
 nothing, and resuming into the same MLflow run ends exactly where an uninterrupted run ends."""
 
+import shutil
 import signal
 import sqlite3
 import subprocess
@@ -55,6 +56,15 @@ def stop_during_epoch_2(cwd: Path, sig: signal.Signals) -> Path:
     return run_dir
 
 
+def closed_by_watchdog(client, run_id: str, wait_s: float = 60):
+    """The run once it is no longer RUNNING (its watchdog closes it after a SIGKILL)."""
+    deadline = time.monotonic() + wait_s
+    while (run := client.get_run(run_id)).info.status == "RUNNING":
+        assert time.monotonic() < deadline, "the killed run was left RUNNING"
+        time.sleep(0.2)
+    return run
+
+
 @pytest.fixture(scope="module")
 def straight_run(tmp_path_factory):
     """The reference: the same run, never interrupted."""
@@ -74,8 +84,10 @@ def test_stopped_mid_epoch_then_resumed_equals_an_uninterrupted_run(tmp_path, st
     state = torch.load(run_dir / "last.pth", weights_only=True)
     assert state["epoch"] == 1
     client_b, stopped = only_run(f"sqlite:///{tmp_path / 'mlruns' / 'mlflow.db'}")
-    if sig == signal.SIGKILL:  # no chance to save or close: epoch 2 so far is lost
-        assert state["partial"] is None and stopped.info.status == "RUNNING"
+    if sig == signal.SIGKILL:  # no chance to save: epoch 2 so far is lost; the watchdog closes it
+        stopped = closed_by_watchdog(client_b, stopped.info.run_id)
+        assert state["partial"] is None and stopped.info.status == "KILLED"
+        assert f"python -m train resume={run_dir}" in stopped.data.tags["failure_reason"]
     else:  # Ctrl-C and SIGTERM save the steps of epoch 2 done so far, and close the run
         assert state["partial"]["step"] >= 1 and stopped.info.status == "KILLED"
         assert sig.name in stopped.data.tags["failure_reason"]
@@ -84,6 +96,7 @@ def test_stopped_mid_epoch_then_resumed_equals_an_uninterrupted_run(tmp_path, st
     assert result.returncode == 0, result.stderr[-2000:]
     client_b, run_b = only_run(f"sqlite:///{tmp_path / 'mlruns' / 'mlflow.db'}")
     assert run_b.info.run_id == stopped.info.run_id and run_b.info.status == "FINISHED"
+    assert "failure_reason" not in run_b.data.tags  # the stop it came back from is over
     assert run_b.data.params == run_a.data.params
     for key in EPOCH_METRICS:
         points = history(client_b, run_b.info.run_id, key)
@@ -95,6 +108,29 @@ def test_stopped_mid_epoch_then_resumed_equals_an_uninterrupted_run(tmp_path, st
     weights_b = torch.load(run_dir / "model.pth")
     assert weights_a.keys() == weights_b.keys()
     assert all(torch.equal(weights_a[k], weights_b[k]) for k in weights_a)
+
+
+def test_resuming_a_folder_that_a_live_run_is_using_is_refused(tmp_path):
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "train", *RUN, "epochs=20"], cwd=tmp_path, env=cli_env(),
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 180
+        while logged_epochs(tmp_path / "mlruns" / "mlflow.db") < 1:  # last.pth is there
+            assert proc.poll() is None and time.monotonic() < deadline, "no epoch was logged"
+            time.sleep(0.05)
+        (run_dir,) = (tmp_path / "outputs").glob("*/*")
+        result = run_cli([f"resume={run_dir}"], cwd=tmp_path)
+        assert proc.poll() is None, "the run ended before the resume was tried"
+        assert result.returncode == 2, result.stderr[-2000:]
+        line = f"Error: resume={run_dir}: another process is using {run_dir} (process {proc.pid}"
+        assert result.stderr.startswith(line) and len(result.stderr.splitlines()) == 1
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=60)
+    _, run = only_run(f"sqlite:///{tmp_path / 'mlruns' / 'mlflow.db'}")
+    assert run.info.status == "KILLED"  # untouched by the refused resume: stopped by SIGTERM
 
 
 def test_checkpoints_are_kept_and_uploaded_and_resume_by_run_id_works(tmp_path):
@@ -116,6 +152,15 @@ def test_checkpoints_are_kept_and_uploaded_and_resume_by_run_id_works(tmp_path):
     assert [s for s, _ in history(client, run.info.run_id, "val/acc")] == [1, 2]
 
 
+@pytest.fixture(scope="module")
+def one_epoch_run(tmp_path_factory) -> Path:
+    """The output dir of a finished 1-epoch run, for tests to copy and damage."""
+    cwd = tmp_path_factory.mktemp("one_epoch")
+    assert run_cli(["data=synthetic", "epochs=1", "device=cpu"], cwd=cwd).returncode == 0
+    (run_dir,) = (cwd / "outputs").glob("*/*")
+    return run_dir
+
+
 @pytest.mark.parametrize(
     ("make", "message"),
     [
@@ -132,9 +177,9 @@ def test_checkpoints_are_kept_and_uploaded_and_resume_by_run_id_works(tmp_path):
     ],
     ids=["truncated", "weights-only", "other-architecture", "missing"],
 )
-def test_bad_checkpoints_give_one_line_and_exit_2(tmp_path, make, message):
-    assert run_cli(["data=synthetic", "epochs=1", "device=cpu"], cwd=tmp_path).returncode == 0
-    (run_dir,) = (tmp_path / "outputs").glob("*/*")
+def test_bad_checkpoints_give_one_line_and_exit_2(tmp_path, one_epoch_run, make, message):
+    run_dir = tmp_path / "run"
+    shutil.copytree(one_epoch_run, run_dir)
     make(run_dir)
     args = [f"resume={run_dir}"]
     if message.startswith("does not fit"):  # a CNN's weights in the MLP's checkpoint
@@ -147,9 +192,9 @@ def test_bad_checkpoints_give_one_line_and_exit_2(tmp_path, make, message):
     assert len(result.stderr.strip().splitlines()) == 1 and "Traceback" not in result.stderr
 
 
-def test_unknown_run_id_gives_one_line_and_exit_2(tmp_path):
-    assert run_cli(["data=synthetic", "epochs=1", "device=cpu"], cwd=tmp_path).returncode == 0
-    result = run_cli(["resume=0123456789abcdef0123456789abcdef"], cwd=tmp_path)
+def test_unknown_run_id_gives_one_line_and_exit_2(one_epoch_run):
+    store_folder = one_epoch_run.parents[2]  # a store with a run, but not that one
+    result = run_cli(["resume=0123456789abcdef0123456789abcdef"], cwd=store_folder)
     assert result.returncode == 2
     assert (
         "resume=0123456789abcdef0123456789abcdef: no such checkpoint file, run output dir or "
@@ -178,8 +223,12 @@ def test_rerunning_a_killed_sweep_skips_finished_jobs_and_resumes_the_dead_one(t
     from mlflow import MlflowClient
 
     client = MlflowClient(f"sqlite:///{db}")
-    first = {r.info.run_id: r.info.status for r in client.search_runs(["1"])}
-    assert sorted(first.values()) == ["FINISHED", "RUNNING", "RUNNING"]  # parent, job 0, job 1
+    # the watchdogs close the parent and job 1, killed outright; job 0 had finished
+    killed = client.search_runs(["1"])
+    first = {r.info.run_id: closed_by_watchdog(client, r.info.run_id) for r in killed}
+    assert sorted(r.info.status for r in first.values()) == ["FINISHED", "KILLED", "KILLED"]
+    (parent,) = [r for r in first.values() if "sweep.dir" in r.data.tags]
+    assert f"hydra.sweep.dir={tmp_path / 'sweep'}" in parent.data.tags["failure_reason"]
 
     result = run_cli(sweep, cwd=tmp_path)
     assert result.returncode == 0, result.stderr[-2000:]

@@ -96,7 +96,8 @@ def test_a_sweep_runs_as_tasks_on_a_local_ray_instance(tmp_path):
             "hydra/launcher=ray", "+hydra.launcher.ray.init.num_cpus=2",
             "+hydra.launcher.ray.init.include_dashboard=false"]  # fmt: skip
     result = run_cli(args, cwd=tmp_path)
-    assert result.returncode == 0, result.stderr[-3000:]
+    why = "".join(mark.read_text() for mark in tmp_path.rglob("FAILED"))  # a job's reason
+    assert result.returncode == 0, why + result.stdout[-3000:] + result.stderr[-3000:]
     client = MlflowClient(f"sqlite:///{tmp_path / 'mlruns' / 'mlflow.db'}")
     runs = client.search_runs([client.get_experiment_by_name("mnistlab").experiment_id])
     (parent,) = [r for r in runs if r.info.run_name == "on-ray"]

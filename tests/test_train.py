@@ -192,3 +192,28 @@ def test_passwords_in_store_uris_are_never_shown():
         == "a=1 mlflow.tracking_uri=http://u:***@h:5000"
     )
     assert shown("sqlite:////tmp/x/mlflow.db") == "sqlite:////tmp/x/mlflow.db"
+
+
+RACE = """
+import sys
+from pathlib import Path
+from mnistlab import tracking
+from mnistlab.config import compose
+
+out = Path(sys.argv[1])
+cfg = compose([f"mlflow.tracking_uri=sqlite:///{out}/mlflow.db", "data=synthetic"])
+connection = tracking.connect_in_background(cfg)  # MLflow imported in a thread...
+with tracking.start_run(cfg, out, {}, connection) as run:  # ...while this one opens the run
+    print(run.run_id)
+"""
+
+
+@pytest.mark.parametrize("attempt", range(3))
+def test_opening_the_run_while_mlflow_loads_in_the_background_is_safe(tmp_path, attempt):
+    # both threads importing MLflow at once gave circular-import errors or _DeadlockError
+    proc = subprocess.run(
+        [sys.executable, "-c", RACE, str(tmp_path)], capture_output=True, text=True, timeout=120
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    _, run = only_run(f"sqlite:///{tmp_path}/mlflow.db")
+    assert run.info.run_id == proc.stdout.split()[-1] and run.info.status == "FINISHED"

@@ -28,6 +28,7 @@ from mnistlab.data import Dataset, Split
 from mnistlab.device import autocast, compiled, resolve_device
 from mnistlab.signals import StopRequest
 from mnistlab.sweep import in_multirun, threads_per_job
+from mnistlab.watchdog import in_use
 
 log = logging.getLogger(__name__)
 
@@ -156,6 +157,12 @@ def finished_before(cfg: DictConfig, last: Path) -> float | None:
 def resume_point(cfg: DictConfig) -> tuple[DictConfig, Path, dict]:
     """For `resume=...`: the run's own config, its output dir and its last checkpoint."""
     path = checkpoint.find_checkpoint(cfg.resume, cfg)
+    holder = in_use(path.parent)
+    if holder:  # two processes would write the same checkpoints and run
+        raise ConfigError(
+            f"resume={cfg.resume}: another process is using {path.parent} (process {holder}); "
+            "wait for it to end or stop it, then resume"
+        )
     state = checkpoint.load_checkpoint(path)
     run_cfg = OmegaConf.merge(OmegaConf.structured(Config), state["config"])
     run_cfg.mlflow = cfg.mlflow  # the store is where the user points now
@@ -187,14 +194,14 @@ def train(cfg: DictConfig, output_dir: str | Path | None = None) -> float:
     if threads and device.type == "cpu":
         torch.set_num_threads(threads)
     data = build(cfg.data, seed=cfg.seed).to(device)
-    connection = main and tracking.connect_in_background(cfg)  # overlaps building the model
     model = build(cfg.model, in_shape=data.in_shape, num_classes=data.num_classes).to(device)
     optimizer = build(cfg.optimizer, params=model.parameters())
     first_epoch, best_val_acc, partial = 1, -1.0, None
-    if state:
+    if state:  # a checkpoint that does not fit fails here, before the store is touched
         checkpoint.restore(state, model, optimizer)
         first_epoch, best_val_acc = state["epoch"] + 1, state["best_val_acc"]
         partial = state.get("partial")  # stopped midway through first_epoch
+    connection = main and tracking.connect_in_background(cfg)  # overlaps compiling, say
     net = compiled(model, cfg.device.compile)  # shares model's parameters
     trainer = distributed.wrap(net)  # DistributedDataParallel under torchrun: grads all-reduced
     log.info(

@@ -14,7 +14,7 @@ import os
 import shlex
 import sys
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 from hydra.core.hydra_config import HydraConfig
 from hydra.core.override_parser.overrides_parser import OverridesParser
@@ -23,6 +23,7 @@ from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
 from mnistlab import tracking
+from mnistlab.watchdog import Watchdog, hold_lock, locker
 
 log = logging.getLogger(__name__)
 
@@ -38,6 +39,8 @@ class _State:
     client: Any = None
     parent_run_id: str | None = None
     failed_jobs: int = 0
+    watchdog: Watchdog | None = None  # closes the parent run if this process is killed
+    lock: IO[str] | None = None  # on the sweep dir, while the sweep runs
 
 
 STATE = _State()
@@ -131,6 +134,15 @@ class SweepCallback(Callback):
             print(f"Error: {err}", file=sys.stderr)
             raise SystemExit(2) from None
         sweep_dir = Path(str(config.hydra.sweep.dir)).resolve()
+        # waits for a watchdog still closing this dir's earlier parent run
+        STATE.lock = hold_lock(sweep_dir, "training", wait_s=60)
+        if STATE.lock is None:
+            print(
+                f"Error: hydra.sweep.dir={sweep_dir}: another process is using this folder "
+                f"(process {locker(sweep_dir)}); wait for it to end or stop it, then rerun",
+                file=sys.stderr,
+            )
+            raise SystemExit(2)
         swept = swept_keys(config)
         name = config.get("sweep_name") or f"{sweep_dir.parent.name}_{sweep_dir.name}"
         tags = {
@@ -147,6 +159,12 @@ class SweepCallback(Callback):
             sweep_dir.mkdir(parents=True, exist_ok=True)
             (sweep_dir / PARENT_FILE).write_text(parent_id + "\n")
         STATE.client, STATE.parent_run_id, STATE.failed_jobs = client, parent_id, 0
+        STATE.watchdog = Watchdog(  # closes the parent if this process is killed outright
+            tracking.tracking_uri(job_cfg),
+            parent_id,
+            sweep_dir,
+            hint=f"finish the sweep with the same command and hydra.sweep.dir={sweep_dir}",
+        )
         os.environ[PARENT_ENV] = parent_id
         os.environ[SWEPT_ENV] = ",".join(swept)
         log.info(f"MLflow sweep parent run {parent_id} ({name}), sweeping {swept}")
@@ -169,9 +187,13 @@ class SweepCallback(Callback):
 def close_parent(status: str) -> None:
     """End the parent run, if one is open (also after an interrupted sweep)."""
     if STATE.parent_run_id is not None:
-        STATE.client.set_terminated(STATE.parent_run_id, status)
-        STATE.parent_run_id = None
-        os.environ.pop(PARENT_ENV, None)
+        try:
+            STATE.client.set_terminated(STATE.parent_run_id, status)
+        finally:
+            STATE.watchdog.release()
+            STATE.lock.close()
+            STATE.parent_run_id = None
+            os.environ.pop(PARENT_ENV, None)
 
 
 def finish(status: str) -> None:

@@ -440,12 +440,16 @@ def start_run(
     `tags` adds the run's own (the resolved device, say); `connection` is a
     `connect_in_background(cfg)` started earlier, if any; `resume_run_id` reopens that run.
     """
+    # MLflow's import finishes in `connect` first: two threads importing it at once can trip
+    # Python's import-lock deadlock check (_DeadlockError on mlflow.tracking.context.registry)
+    client, experiment_id = connection.result() if connection else connect(cfg)
     from mlflow.entities import Param, RunStatus
     from mlflow.tracking.context.registry import resolve_tags
 
+    from mnistlab.config import ConfigError
     from mnistlab.sweep import child_context
+    from mnistlab.watchdog import Watchdog, hold_lock, locker
 
-    client, experiment_id = connection.result() if connection else connect(cfg)
     uri = tracking_uri(cfg)
     context = hydra_context()
     child = child_context() or {}  # parent link and sweep tags when this is a sweep's job
@@ -462,11 +466,20 @@ def start_run(
             **{k: v for k, v in child.items() if k != "run_name"},
         }
     )
+    lock = hold_lock(output_dir, "training", wait_s=60)  # a watchdog at work is waited for
+    if lock is None:
+        raise ConfigError(
+            f"resume={output_dir}: another process is using this folder "
+            f"(process {locker(output_dir)}); wait for it to end or stop it, then resume"
+        )
     if resume_run_id:  # its params and tags are already there, and params cannot change
         run_id = resume_run_id
         client.update_run(run_id, status=RunStatus.to_string(RunStatus.RUNNING))
+        if "failure_reason" in client.get_run(run_id).data.tags:  # why it stopped is history
+            client.delete_tag(run_id, "failure_reason")
     else:
         run_id = client.create_run(experiment_id, tags=all_tags, run_name=run_name).info.run_id
+    guard = Watchdog(uri, run_id, output_dir, hint="it had saved no checkpoint: start it again")
     container = OmegaConf.to_container(cfg, resolve=True, enum_to_str=True)
     container.pop("resume", None)  # where a run was resumed from is not a hyperparameter
     container["mlflow"].pop("tracking_uri", None)  # nor is the store, and its URI may hold secrets
@@ -494,5 +507,9 @@ def start_run(
             client.log_text(run_id, traceback.format_exc(), "traceback.txt")
         raise
     finally:
-        if status is not None:
-            client.set_terminated(run_id, RunStatus.to_string(status))
+        try:
+            if status is not None:
+                client.set_terminated(run_id, RunStatus.to_string(status))
+        finally:
+            guard.release()  # closed (or deliberately left open): the watchdog stands down
+            lock.close()
