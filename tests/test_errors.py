@@ -69,6 +69,20 @@ SYNTH = ["data=synthetic", "device=cpu", "epochs=1"]
             "Error: mlflow.tracking_uri=postgresql://u:***@127.0.0.1:9/db: MLflow cannot open",
         ),
         (["resume=/nonexistent/last.pth"], 2, "Error: resume=/nonexistent/last.pth: no such"),
+        (["resume=garbage"], 2, "Error: resume=garbage: no such checkpoint file, run output"),
+        (["--foo"], 2, "Error: --foo is not a flag of python -m train: give settings as key="),
+        (
+            ["batch_size=abc"],
+            2,
+            "Error: batch_size: Value 'abc' of type 'str' could not be "
+            "converted to Integer; use an integer >= 1, e.g. batch_size=64",
+        ),
+        (
+            ["model=cnn", "model.channels=-1"],
+            2,
+            "Error: model.channels: Invalid value assigned: "
+            "int is not a ListConfig, list or tuple; use a list of channel counts >= 1",
+        ),
         (["optimizer=sgd", "lr=1e6"], 1, "Error: train loss is"),  # the run exists, FAILED
     ],
 )
@@ -82,6 +96,8 @@ def test_bad_input_gets_one_line_a_non_zero_exit_and_leaves_no_running_run(
     errors = [line for line in result.stderr.splitlines() if "Error" in line]
     assert len(errors) == 1 and errors[0].startswith(message), result.stderr[-2000:]
     assert result.stderr.strip().endswith(errors[0])  # the last word is the one line
+    if code == 2:  # a mistake found before training: that line alone, not even MLflow's logs
+        assert result.stderr.strip() == errors[0]
     assert running_runs(tmp_path) == []
 
 

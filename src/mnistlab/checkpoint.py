@@ -2,6 +2,7 @@
 
 import os
 import random
+import re
 from collections.abc import Callable
 from pathlib import Path
 from typing import IO, Any
@@ -124,18 +125,23 @@ def find_checkpoint(resume: str, cfg: DictConfig) -> Path:
         return path / "last.pth"
     if path.is_file():
         return path
-    from mlflow.exceptions import MlflowException
-
     from mnistlab import tracking
+
+    uri = tracking.tracking_uri(cfg)
+    no_such = ConfigError(
+        f"resume={resume}: no such checkpoint file, run output dir or MLflow run in "
+        f"{tracking.shown(uri)}; name one of those"
+    )
+    db = tracking.sqlite_path(uri)
+    if not re.fullmatch(r"[0-9a-f]{32}", resume) or (db is not None and not db.exists()):
+        raise no_such  # not a run id, or no store to hold it: none is created to find out
+    from mlflow.exceptions import MlflowException
 
     client, _ = tracking.connect(cfg)
     try:
         run = client.get_run(resume)
     except MlflowException as err:
-        raise ConfigError(
-            f"resume={resume}: no such checkpoint file, run output dir or MLflow run in "
-            f"{tracking.shown(tracking.tracking_uri(cfg))}; name one of those"
-        ) from err
+        raise no_such from err
     local = Path(run.data.tags.get("hydra.output_dir", "")) / "last.pth"
     if local.is_file():
         return local

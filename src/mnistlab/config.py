@@ -325,7 +325,9 @@ def explain(err: Exception) -> str:
         )
         return f"{key} is not a known key: {hint}"
     if isinstance(cause, OmegaConfBaseException) and cause.full_key:
-        return f"{cause.full_key}: {str(cause).splitlines()[0]}"
+        allowed = {key: allowed for key, _, allowed in RANGES}.get(cause.full_key)
+        fix = f"; use {allowed}" if allowed else ""
+        return f"{cause.full_key}: {str(cause).splitlines()[0].rstrip('.')}{fix}"
     return " ".join(str(err).split())
 
 
@@ -367,6 +369,14 @@ def check_outputs(cfg: DictConfig, multirun: bool) -> None:
     tracking.check_server(uri)
 
 
+HYDRA_FLAGS = {  # Hydra's own command-line flags, with their short forms
+    *("-h", "--help", "--hydra-help", "--version", "-c", "--cfg", "--resolve", "-p"),
+    *("--package", "-r", "--run", "-m", "--multirun", "-sc", "--shell-completion", "-cp"),
+    *("--config-path", "-cn", "--config-name", "-cd", "--config-dir", "--experimental-rerun"),
+    *("-i", "--info"),
+}
+
+
 def check_command_line(argv: list[str]) -> None:
     """Compose and validate the config of every job the command line asks for, before Hydra
     starts and before any MLflow run exists; raise ConfigError naming the first mistake.
@@ -380,6 +390,12 @@ def check_command_line(argv: list[str]) -> None:
 
     multirun = any(a in ("-m", "--multirun") for a in argv)
     overrides = [a for a in argv if a not in ("-m", "--multirun")]
+    for arg in overrides:
+        if arg.startswith("-") and arg.split("=", 1)[0] not in HYDRA_FLAGS:
+            raise ConfigError(
+                f"{arg} is not a flag of python -m train: give settings as key=value overrides "
+                "(python -m train --help lists them)"
+            )
     if any(a.startswith("-") for a in overrides):
         return
     try:
