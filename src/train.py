@@ -38,11 +38,12 @@ def main(cfg: DictConfig) -> float:
             return float("nan")
         print(f"Error: {err}", file=sys.stderr)
         sys.exit(2)
-    except (FloatingPointError, ConnectionError) as err:  # a NaN loss, or the server gone
+    except (FloatingPointError, OSError) as err:  # a NaN loss, the server gone, a full disk
+        line = " ".join(str(err).split())
         if sweep.in_multirun():
-            sweep.mark_failed(str(err))
+            sweep.mark_failed(line)
             return float("nan")
-        print(f"Error: {err}", file=sys.stderr)
+        print(f"Error: {line}", file=sys.stderr)
         sys.exit(1)
     except Exception as err:
         if not sweep.in_multirun():

@@ -1,6 +1,7 @@
 """Bad input and faults: one clear line, a non-zero exit, no traceback, no run left RUNNING, and
 no metric lost when the tracking server goes away."""
 
+import resource
 import signal
 import sqlite3
 import subprocess
@@ -110,6 +111,26 @@ def test_truncated_dataset_files_are_named_unreadable_not_missing(tmp_path):
     assert result.returncode == 2 and "Traceback" not in result.stderr
     assert result.stderr.startswith(f"Error: data.root={tmp_path / 'data'}: the MNIST files in ")
     assert "are unreadable" in result.stderr and running_runs(tmp_path) == []
+
+
+def test_a_full_disk_fails_the_run_in_one_line_and_leaves_no_partial_checkpoint(tmp_path):
+    def file_size_limit() -> None:  # what a full disk does to the checkpoint's write
+        resource.setrlimit(resource.RLIMIT_FSIZE, (4 * 2**20, 4 * 2**20))
+
+    result = subprocess.run(
+        [sys.executable, "-m", "train", *SYNTH], cwd=tmp_path, env=cli_env(),
+        capture_output=True, text=True, timeout=300, preexec_fn=file_size_limit,
+    )  # fmt: skip
+    (run_dir,) = (tmp_path / "outputs").glob("*/*")
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    line = result.stderr.strip().splitlines()[-1]
+    assert line.startswith(f"Error: cannot write {run_dir / 'last.pth'} ("), result.stderr[-2000:]
+    assert "free space on that disk or point hydra.run.dir elsewhere" in line
+    assert not list(run_dir.glob("*.pth*")) and not list(run_dir.glob(".*.tmp*"))
+    client = MlflowClient(f"sqlite:///{tmp_path / 'mlruns' / 'mlflow.db'}")
+    (run,) = client.search_runs([client.get_experiment_by_name("mnistlab").experiment_id])
+    assert run.info.status == "FAILED"
+    assert run.data.tags["failure_reason"].startswith("WriteError: cannot write")
 
 
 def test_runs_started_together_in_one_folder_keep_their_own_outputs_and_runs(tmp_path):

@@ -14,8 +14,13 @@ from torch import nn
 from mnistlab.config import ConfigError
 
 
+class WriteError(OSError):
+    """A file could not be written (a full disk, say); the earlier version of it is intact."""
+
+
 def atomic_write(path: Path, write: Callable[[IO[bytes]], None]) -> None:
-    """Call `write` on a temp file beside `path`, fsync it, then rename it over `path`."""
+    """Call `write` on a temp file beside `path`, fsync it, rename it over `path`, and fsync the
+    folder, so `path` is the old file or the new one, whole, even after a crash or power cut."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
     try:
@@ -24,6 +29,17 @@ def atomic_write(path: Path, write: Callable[[IO[bytes]], None]) -> None:
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
+        folder = os.open(path.parent, os.O_RDONLY)
+        try:
+            os.fsync(folder)
+        finally:
+            os.close(folder)
+    except (OSError, RuntimeError) as err:  # torch.save reports a short write as RuntimeError
+        reason = err.strerror if isinstance(err, OSError) else None
+        raise WriteError(
+            f"cannot write {path} ({reason or 'the write stopped short'}): free space on that "
+            f"disk or point hydra.run.dir elsewhere; the earlier {path.name}, if any, is intact"
+        ) from err
     finally:
         tmp.unlink(missing_ok=True)
 
