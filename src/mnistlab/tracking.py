@@ -469,8 +469,8 @@ def start_run(
     lock = hold_lock(output_dir, "training", wait_s=60)  # a watchdog at work is waited for
     if lock is None:
         raise ConfigError(
-            f"resume={output_dir}: another process is using this folder "
-            f"(process {locker(output_dir)}); wait for it to end or stop it, then resume"
+            f"output dir {output_dir}: another process is using it "
+            f"(process {locker(output_dir)}); wait for it to end or stop it"
         )
     if resume_run_id:  # its params and tags are already there, and params cannot change
         run_id = resume_run_id

@@ -30,7 +30,7 @@ def hold_lock(folder: Path, holder: str, wait_s: float) -> IO[str] | None:
     if another process holds it. A watchdog at work is waited for, up to `wait_s`."""
     try:
         import fcntl
-    except ImportError:  # not on Windows
+    except ImportError:  # no fcntl on Windows: no lock either
         return open(os.devnull, "w")
     folder.mkdir(parents=True, exist_ok=True)
     lock = open(folder / LOCK_NAME, "a+")  # noqa: SIM115 (held open); "w" would wipe the pid
@@ -106,7 +106,9 @@ def close_orphan(spec: dict[str, Any], log: Any) -> None:
     from mnistlab import tracking
 
     output_dir = Path(spec["output_dir"])
-    if output_dir.exists() and hold_lock(output_dir, "watchdog", wait_s=0) is None:
+    # held until this returns: a resume of the dir waits for the run to be closed
+    lock = hold_lock(output_dir, "watchdog", wait_s=0) if output_dir.exists() else "gone"
+    if lock is None:
         return  # a resume of this dir has already taken the run over
     problem = tracking.server_problem(spec["uri"], timeout=5)
     if problem is not None:
