@@ -113,6 +113,21 @@ def test_truncated_dataset_files_are_named_unreadable_not_missing(tmp_path):
     assert "are unreadable" in result.stderr and running_runs(tmp_path) == []
 
 
+def test_a_store_file_that_is_no_database_is_named_and_left_alone(tmp_path):
+    db = tmp_path / "mlruns" / "mlflow.db"
+    db.parent.mkdir()
+    db.write_bytes(b"not sqlite " * 500)
+    for args in (SYNTH, ["-m", *SYNTH, "seed=0,1"]):
+        result = run_cli(args, cwd=tmp_path)
+        assert result.returncode == 2, result.stderr[-2000:]
+        assert result.stderr.strip() == (
+            f"Error: mlflow.tracking_uri=sqlite:///{db}: {db} is not a readable SQLite database "
+            f"(file is not a database); move it aside (mv {db} {db}.bad) to start a new store, "
+            "or point mlflow.tracking_uri elsewhere"
+        )
+    assert db.read_bytes() == b"not sqlite " * 500 and not (tmp_path / "outputs").exists()
+
+
 def test_a_full_disk_fails_the_run_in_one_line_and_leaves_no_partial_checkpoint(tmp_path):
     def file_size_limit() -> None:  # what a full disk does to the checkpoint's write
         resource.setrlimit(resource.RLIMIT_FSIZE, (4 * 2**20, 4 * 2**20))

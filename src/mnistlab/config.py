@@ -366,6 +366,7 @@ def check_outputs(cfg: DictConfig, multirun: bool) -> None:
     db = tracking.sqlite_path(uri)
     if db is not None:
         check_writable("mlflow.tracking_uri", uri, db.parent)
+        tracking.check_sqlite(uri)
     tracking.check_server(uri)
 
 

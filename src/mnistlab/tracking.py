@@ -39,6 +39,23 @@ def sqlite_path(uri: str) -> Path | None:
     return Path(uri[len(SQLITE_PREFIX) :]) if uri.startswith(SQLITE_PREFIX) else None
 
 
+def check_sqlite(uri: str) -> None:
+    """Raise ConfigError if the SQLite file of a `sqlite:///` store exists but is no database."""
+    from mnistlab.config import ConfigError
+
+    db = sqlite_path(uri)
+    if db is None or not db.is_file():
+        return
+    try:
+        with contextlib.closing(sqlite3.connect(f"file:{db}?mode=ro", uri=True)) as con:
+            con.execute("PRAGMA schema_version").fetchone()
+    except sqlite3.DatabaseError as err:
+        raise ConfigError(
+            f"mlflow.tracking_uri={uri}: {db} is not a readable SQLite database ({err}); move it "
+            f"aside (mv {db} {db}.bad) to start a new store, or point mlflow.tracking_uri elsewhere"
+        ) from None
+
+
 def how_to_open(uri: str, run: "Run") -> str:
     """The exact command (or address) that shows this run in the MLflow UI."""
     page = f"#/experiments/{run.experiment_id}/runs/{run.run_id}"
@@ -392,11 +409,14 @@ def connect(cfg: DictConfig) -> tuple[Any, str]:
     """Import MLflow and open the store and experiment (creating them if new): (client, id)."""
     import mlflow
     from mlflow import MlflowClient
+    from mlflow.exceptions import MlflowException
+    from sqlalchemy.exc import SQLAlchemyError
 
     from mnistlab.config import ConfigError
 
     uri = tracking_uri(cfg)
     check_scheme(uri)
+    check_sqlite(uri)
     check_server(uri)
     mlflow.set_tracking_uri(uri)  # for MLflow calls that take no client, like Model.log
     db = sqlite_path(uri)
@@ -407,7 +427,7 @@ def connect(cfg: DictConfig) -> tuple[Any, str]:
             if db is not None:  # WAL: parallel runs write while others read
                 with sqlite3.connect(db, timeout=30) as con:
                     con.execute("PRAGMA journal_mode=WAL")
-    except (ImportError, mlflow.exceptions.MlflowException) as err:  # no driver, a refusing DB
+    except (ImportError, MlflowException, SQLAlchemyError) as err:  # no driver, a refusing DB
         reason = " ".join(f"{type(err).__name__}: {err}".split())[:300]
         raise ConfigError(
             f"mlflow.tracking_uri={shown(uri)}: MLflow cannot open this store ({shown(reason)}); "
