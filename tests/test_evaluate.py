@@ -34,7 +34,7 @@ def test_evaluate_reproduces_the_logged_test_accuracy_from_every_kind_of_source(
     cwd, client, run = trained
     run_dir = Path(run.data.tags["hydra.output_dir"])
     logged = run.data.metrics["test/acc"]
-    sources = [str(run_dir / "model.pth"), str(run_dir / "last.pth"),
+    sources = [str(run_dir), str(run_dir / "model.pth"), str(run_dir / "last.pth"),
                f"runs:/{run.info.run_id}/model.pth", run.info.run_id]  # fmt: skip
     for source in sources:
         result = module("evaluate", [source, "--output", str(cwd / "cm.png")], cwd)
@@ -108,6 +108,7 @@ def test_predict_classifies_pngs_rendered_from_the_test_set(tmp_path, data_root)
         ("evaluate", "truncate", "not a readable checkpoint (truncated or corrupt?"),
         ("evaluate", "other-architecture", "do not fit the mnistlab.models.MLP"),
         ("evaluate", "unknown-run", "no such MLflow run or artifact"),
+        ("evaluate", "empty-folder", "no model.pth or last.pth in that folder"),
         ("predict", "not-an-image", "not a readable image"),
     ],
 )
@@ -124,6 +125,9 @@ def test_bad_sources_give_one_line_and_exit_2(trained, tmp_path, tool, damage, m
         torch.save({"features.0.weight": torch.zeros(32, 1, 3, 3)}, model_pth)
     elif damage == "unknown-run":
         source = "0123456789abcdef0123456789abcdef"
+    elif damage == "empty-folder":
+        source = str(tmp_path / "empty")
+        (tmp_path / "empty").mkdir()
     extra = [str(tmp_path / "config.yaml")] if tool == "predict" else []
     result = module(tool, [run.info.run_id if tool == "predict" else source, *extra], cwd)
     assert result.returncode == 2, result.stderr[-2000:]

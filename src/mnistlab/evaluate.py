@@ -104,7 +104,7 @@ def run(source: str, overrides: list[str], tracking_uri: str | None, output: Pat
 def main(argv: list[str] | None = None) -> None:
     """Parse the command line and evaluate; bad input gets one line and exit code 2."""
     parser = argparse.ArgumentParser(prog="python -m mnistlab.evaluate", description=__doc__)
-    parser.add_argument("source", help="checkpoint path, runs:/<run_id>/model.pth or run id")
+    parser.add_argument("source", help="run output dir, .pth file, runs:/<id>/model.pth or run id")
     parser.add_argument("overrides", nargs="*", help="log_to_mlflow=true, data.root=DIR, ...")
     parser.add_argument("--tracking-uri", default=None, help="MLflow store (default as train)")
     parser.add_argument("--output", type=Path, default=None, help="confusion-matrix PNG path")

@@ -48,14 +48,24 @@ def _from_run(source: str, tracking_uri: str | None) -> tuple[Path, str]:
         store = tracking.shown(tracking.tracking_uri(cfg))
         raise ConfigError(
             f"{source}: no such MLflow run or artifact in {store}; "
-            "name a checkpoint file, runs:/<run_id>/model.pth or a run id (and --tracking-uri)"
+            "name a run output dir, a .pth file, runs:/<run_id>/model.pth or a run id "
+            "(and --tracking-uri)"
         ) from err
     return path, run_id
 
 
 def load_trained(source: str, tracking_uri: str | None = None) -> Trained:
-    """The model that `source` names: a .pth file, `runs:/<run_id>/model.pth` or a run id."""
+    """The model that `source` names: a .pth file, a run output dir (its model.pth, else its
+    last.pth), `runs:/<run_id>/model.pth` or a run id."""
     path, run_id = Path(source).expanduser(), None
+    if path.is_dir():  # the final weights of a finished run, else the last checkpoint
+        found = [path / n for n in ("model.pth", "last.pth") if (path / n).is_file()]
+        if not found:
+            raise ConfigError(
+                f"{source}: no model.pth or last.pth in that folder; name a run output dir, "
+                "a .pth file, runs:/<run_id>/model.pth or a run id"
+            )
+        path = found[0]
     if not path.is_file():
         path, run_id = _from_run(source, tracking_uri)
     state = checkpoint.read_torch_file(path, "checkpoint")

@@ -50,7 +50,7 @@ def predict(source: str, images: list[Path], tracking_uri: str | None = None) ->
 def main(argv: list[str] | None = None) -> None:
     """Parse the command line and predict; bad input gets one line and exit code 2."""
     parser = argparse.ArgumentParser(prog="python -m mnistlab.predict", description=__doc__)
-    parser.add_argument("source", help="checkpoint path, runs:/<run_id>/model.pth or run id")
+    parser.add_argument("source", help="run output dir, .pth file, runs:/<id>/model.pth or run id")
     parser.add_argument("images", nargs="+", type=Path, help="grayscale image files")
     parser.add_argument("--tracking-uri", default=None, help="MLflow store (default as train)")
     args = parser.parse_args(argv)
