@@ -1,6 +1,7 @@
 """Checkpoints and resume: a SIGKILL loses at most the epoch in progress, Ctrl-C and SIGTERM lose
 nothing, and resuming into the same MLflow run ends exactly where an uninterrupted run ends."""
 
+import os
 import shutil
 import signal
 import sqlite3
@@ -131,6 +132,35 @@ def test_resuming_a_folder_that_a_live_run_is_using_is_refused(tmp_path):
         proc.wait(timeout=60)
     _, run = only_run(f"sqlite:///{tmp_path / 'mlruns' / 'mlflow.db'}")
     assert run.info.status == "KILLED"  # untouched by the refused resume: stopped by SIGTERM
+
+
+def test_a_run_killed_with_its_watchdog_is_closed_by_the_next_run(tmp_path):
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "train", *RUN, "epochs=20"], cwd=tmp_path, env=cli_env(),
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    try:  # like a container killed whole: the process and its watchdog die together
+        deadline = time.monotonic() + 180
+        while logged_epochs(tmp_path / "mlruns" / "mlflow.db") < 1:
+            assert proc.poll() is None and time.monotonic() < deadline, "no epoch was logged"
+            time.sleep(0.05)
+        children = Path(f"/proc/{proc.pid}/task/{proc.pid}/children").read_text().split()
+        cmdlines = {int(pid): Path(f"/proc/{pid}/cmdline").read_bytes() for pid in children}
+        (watchdog,) = [pid for pid, cmd in cmdlines.items() if b"mnistlab.watchdog" in cmd]
+        os.kill(watchdog, signal.SIGKILL)
+    finally:
+        proc.kill()
+        proc.wait(timeout=60)
+    client, killed = only_run(f"sqlite:///{tmp_path / 'mlruns' / 'mlflow.db'}")
+    assert killed.info.status == "RUNNING"  # nobody was left to close it
+
+    result = run_cli(["data=synthetic", "epochs=1", "device=cpu", "train.plots=false",
+                      "mlflow.log_model=false"], cwd=tmp_path)  # fmt: skip
+    assert result.returncode == 0, result.stderr[-2000:]
+    closed = client.get_run(killed.info.run_id)
+    assert closed.info.status == "KILLED"
+    reason = closed.data.tags["failure_reason"]
+    assert "found by a later run" in reason and "python -m train resume=" in reason
 
 
 def test_checkpoints_are_kept_and_uploaded_and_resume_by_run_id_works(tmp_path):

@@ -12,6 +12,7 @@ import logging
 import math
 import os
 import shlex
+import socket
 import sys
 from pathlib import Path
 from typing import IO, Any
@@ -23,7 +24,7 @@ from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
 from mnistlab import tracking
-from mnistlab.watchdog import Watchdog, hold_lock, locker
+from mnistlab.watchdog import HOST_TAG, Watchdog, hold_lock, locker
 
 log = logging.getLogger(__name__)
 
@@ -147,6 +148,7 @@ class SweepCallback(Callback):
         name = config.get("sweep_name") or f"{sweep_dir.parent.name}_{sweep_dir.name}"
         tags = {
             **tracking.git_state(),
+            HOST_TAG: socket.gethostname(),
             "sweep.dir": str(sweep_dir),
             "sweep.command": tracking.shown(shlex.join(["python", "-m", "train", *sys.argv[1:]])),
             "sweep.swept_keys": ",".join(swept),

@@ -6,6 +6,7 @@ import logging
 import os
 import queue
 import re
+import socket
 import sqlite3
 import subprocess
 import threading
@@ -468,7 +469,7 @@ def start_run(
 
     from mnistlab.config import ConfigError
     from mnistlab.sweep import child_context
-    from mnistlab.watchdog import Watchdog, hold_lock, locker
+    from mnistlab.watchdog import HOST_TAG, Watchdog, close_abandoned, hold_lock, locker
 
     uri = tracking_uri(cfg)
     context = hydra_context()
@@ -480,12 +481,17 @@ def start_run(
     all_tags = resolve_tags(
         {
             **git_state(),
+            HOST_TAG: socket.gethostname(),
             "hydra.output_dir": str(output_dir),
             "hydra.overrides": shown(" ".join(context["overrides"])),
             **tags,
             **{k: v for k, v in child.items() if k != "run_name"},
         }
     )
+    try:  # runs left RUNNING by a process killed with its watchdog (a container killed whole)
+        close_abandoned(client, experiment_id, uri)
+    except Exception as err:  # tidying up after others never stops this run
+        log.warning(f"could not close abandoned runs: {type(err).__name__}: {err}")
     lock = hold_lock(output_dir, "training", wait_s=60)  # a watchdog at work is waited for
     if lock is None:
         raise ConfigError(

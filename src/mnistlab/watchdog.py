@@ -15,14 +15,17 @@ import contextlib
 import json
 import logging
 import os
+import socket
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import IO, Any
 
 DONE = "done"
 LOCK_NAME = ".run.lock"  # in the output dir, held while the run is open
+HOST_TAG = "mnistlab.host"  # the machine a run trains on: where its folder and lock are
 
 
 def hold_lock(folder: Path, holder: str, wait_s: float) -> IO[str] | None:
@@ -99,7 +102,28 @@ class Watchdog:
             self.proc.stdin.close()
 
 
-def close_orphan(spec: dict[str, Any], log: Any) -> None:
+def close_abandoned(client: Any, experiment_id: str, uri: str) -> None:
+    """Close this machine's runs that a process killed together with its watchdog left RUNNING
+    (a container or a cgroup killed whole): their folder is here and no process holds its lock."""
+    host = socket.gethostname().replace("'", "")
+    running = client.search_runs(
+        [experiment_id],
+        filter_string=f"attributes.status = 'RUNNING' and tags.`{HOST_TAG}` = '{host}'",
+        max_results=1000,
+    )
+    for run in running:
+        tags = run.data.tags
+        folder = tags.get("hydra.output_dir") or tags.get("sweep.dir")
+        if not folder or not Path(folder).is_dir():
+            continue
+        hint = "it had saved no checkpoint: start it again"
+        if "sweep.dir" in tags:
+            hint = f"finish the sweep with the same command and hydra.sweep.dir={folder}"
+        spec = {"uri": uri, "run_id": run.info.run_id, "output_dir": folder, "hint": hint}
+        close_orphan(spec, log_to(Path(folder)), found="found by a later run")
+
+
+def close_orphan(spec: dict[str, Any], log: Any, found: str = "") -> None:
     """End the run KILLED if it is still RUNNING, after sending the journal's missing epochs."""
     from mlflow import MlflowClient
 
@@ -124,7 +148,8 @@ def close_orphan(spec: dict[str, Any], log: Any) -> None:
     hint = spec["hint"]
     if (output_dir / "last.pth").exists():
         hint = f"continue from its last checkpoint with: python -m train resume={output_dir}"
-    why = f"the training process died without closing the run (SIGKILL, out of memory?); {hint}"
+    died = "the training process died without closing the run (SIGKILL, out of memory?"
+    why = f"{died}{'; ' + found if found else ''}); {hint}"
     client.set_tag(info.run_id, "failure_reason", why[:5000])
     client.set_terminated(info.run_id, "KILLED")
     log(f"MLflow run {info.run_id} ended KILLED: {why}")
@@ -140,20 +165,25 @@ def journal_epochs(journal: Path) -> int:
     return last
 
 
-def main() -> None:
-    """Wait for the training process to say "done" or die; close its run if it died."""
-    spec = json.loads(sys.stdin.readline())
-    if sys.stdin.read().strip() == DONE:
-        return
-    log_file = Path(spec["output_dir"]) / "train.log"
+def log_to(folder: Path) -> Callable[[str], None]:
+    """A function that appends a line to `folder`'s train.log, where the run's owner looks."""
 
     def log(line: str) -> None:
         from mnistlab.tracking import shown
 
         stamp = time.strftime("%Y-%m-%d %H:%M:%S")
-        with open(log_file, "a") as f:
+        with open(folder / "train.log", "a") as f:
             f.write(f"[{stamp}][mnistlab.watchdog][WARNING] - {shown(line)}\n")
 
+    return log
+
+
+def main() -> None:
+    """Wait for the training process to say "done" or die; close its run if it died."""
+    spec = json.loads(sys.stdin.readline())
+    if sys.stdin.read().strip() == DONE:
+        return
+    log = log_to(Path(spec["output_dir"]))
     try:
         close_orphan(spec, log)
     except Exception as err:  # nobody is left to tell but the log
