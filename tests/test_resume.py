@@ -31,6 +31,15 @@ def logged_epochs(db: Path) -> int:
         return 0
 
 
+def wait_for_checkpoint(proc: subprocess.Popen, cwd: Path) -> None:
+    """Wait until the run in `cwd` has written last.pth after epoch 1 (the store may have that
+    epoch's metrics a moment before the checkpoint is on disk)."""
+    deadline = time.monotonic() + 180
+    while not list(cwd.glob("outputs/*/*/last.pth")):
+        assert proc.poll() is None and time.monotonic() < deadline, "no checkpoint was written"
+        time.sleep(0.05)
+
+
 def stop_during_epoch_2(cwd: Path, sig: signal.Signals) -> Path:
     """Start the run, send `sig` once epoch 1 is logged (so during epoch 2); its output dir."""
     env = cli_env()
@@ -43,6 +52,7 @@ def stop_during_epoch_2(cwd: Path, sig: signal.Signals) -> Path:
         while logged_epochs(cwd / "mlruns" / "mlflow.db") < 1:
             assert proc.poll() is None and time.monotonic() < deadline, "no epoch was logged"
             time.sleep(0.05)
+        wait_for_checkpoint(proc, cwd)
         time.sleep(0.3)  # well inside epoch 2, which takes seconds
         assert proc.poll() is None, "the run ended before it could be stopped"
         proc.send_signal(sig)
@@ -117,10 +127,7 @@ def test_resuming_a_folder_that_a_live_run_is_using_is_refused(tmp_path):
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
     )  # fmt: skip
     try:
-        deadline = time.monotonic() + 180
-        while logged_epochs(tmp_path / "mlruns" / "mlflow.db") < 1:  # last.pth is there
-            assert proc.poll() is None and time.monotonic() < deadline, "no epoch was logged"
-            time.sleep(0.05)
+        wait_for_checkpoint(proc, tmp_path)
         (run_dir,) = (tmp_path / "outputs").glob("*/*")
         result = run_cli([f"resume={run_dir}"], cwd=tmp_path)
         assert proc.poll() is None, "the run ended before the resume was tried"
@@ -140,10 +147,7 @@ def test_a_run_killed_with_its_watchdog_is_closed_by_the_next_run(tmp_path):
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
     )  # fmt: skip
     try:  # like a container killed whole: the process and its watchdog die together
-        deadline = time.monotonic() + 180
-        while logged_epochs(tmp_path / "mlruns" / "mlflow.db") < 1:
-            assert proc.poll() is None and time.monotonic() < deadline, "no epoch was logged"
-            time.sleep(0.05)
+        wait_for_checkpoint(proc, tmp_path)
         children = Path(f"/proc/{proc.pid}/task/{proc.pid}/children").read_text().split()
         cmdlines = {int(pid): Path(f"/proc/{pid}/cmdline").read_bytes() for pid in children}
         (watchdog,) = [pid for pid, cmd in cmdlines.items() if b"mnistlab.watchdog" in cmd]
@@ -242,7 +246,7 @@ def test_rerunning_a_killed_sweep_skips_finished_jobs_and_resumes_the_dead_one(t
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
     try:  # job 0 has 3 epochs logged and job 1 one epoch: kill during job 1's epoch 2
         deadline = time.monotonic() + 300
-        while logged_epochs(db) < 4:
+        while logged_epochs(db) < 4 or not (tmp_path / "sweep" / "1" / "last.pth").exists():
             assert proc.poll() is None and time.monotonic() < deadline
             time.sleep(0.05)
         time.sleep(0.3)
