@@ -267,9 +267,10 @@ class Run:
         """Epoch batches (and checkpoint uploads) not yet in the store."""
         return self._queue.unfinished_tasks
 
-    def catch_up(self, upto: int) -> int:
-        """Queue the journal's epochs up to `upto` that the store lacks (the server was away, or
-        the process was killed before they went out); return the last epoch the store had."""
+    def catch_up(self, upto: int | None = None) -> int:
+        """Queue the journal's epochs (up to `upto`, else all) that the store lacks (the server
+        was away, or the process was killed before they went out); return the last epoch the
+        store had."""
         logged = self.logged_epochs()
         records = {}
         if self.journal.exists():
@@ -277,8 +278,8 @@ class Run:
                 with contextlib.suppress(ValueError):  # a line cut short by a kill
                     record = json.loads(line)
                     records[record["epoch"]] = record
-        for epoch in range(logged + 1, upto + 1):
-            if epoch in records:
+        for epoch in sorted(records):
+            if logged < epoch and (upto is None or epoch <= upto):
                 self._queue_record(records[epoch])
         return logged
 
@@ -345,7 +346,7 @@ class NoRun:
 
     run_id = None
 
-    def catch_up(self, upto: int) -> int:
+    def catch_up(self, upto: int | None = None) -> int:
         """Nothing to send: 0 epochs logged."""
         return 0
 

@@ -143,7 +143,7 @@ def close_orphan(spec: dict[str, Any], log: Any, found: str = "") -> None:
     if info.status != "RUNNING":
         return
     run = tracking.Run(client, info.run_id, info.experiment_id, spec["uri"], output_dir)
-    run.catch_up(journal_epochs(run.journal))  # what the sender had not sent yet
+    run.catch_up()  # every journal epoch the sender had not sent yet
     run.flush(wait_s=60)
     hint = spec["hint"]
     if (output_dir / "last.pth").exists():
@@ -153,16 +153,6 @@ def close_orphan(spec: dict[str, Any], log: Any, found: str = "") -> None:
     client.set_tag(info.run_id, "failure_reason", why[:5000])
     client.set_terminated(info.run_id, "KILLED")
     log(f"MLflow run {info.run_id} ended KILLED: {why}")
-
-
-def journal_epochs(journal: Path) -> int:
-    """The last whole epoch in a run's metrics journal (0 if none)."""
-    last = 0
-    if journal.exists():
-        for line in journal.read_text().splitlines():
-            with contextlib.suppress(ValueError):  # a line cut short by the kill
-                last = max(last, json.loads(line)["epoch"])
-    return last
 
 
 def log_to(folder: Path) -> Callable[[str], None]:
