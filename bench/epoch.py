@@ -3,7 +3,7 @@
     python bench/epoch.py [--repeats 3] [--device cpu]
 
 - tutorial: the tutorial's loop (torchvision DataLoader + ToTensor, per-sample PIL decode);
-- mnistlab: mnistlab's own path (`mnistlab.engine.train_epoch` on device-resident uint8 data);
+- mnistlab: mnistlab's own path (`mnistlab.loop.train_epoch` on device-resident uint8 data);
 - floor:    preloaded, normalised float tensors and a bare loop (no metrics, no logging).
 
 Each way trains the same MLP (784-512-512-10) from the same seed for one epoch at batch 64;
@@ -26,7 +26,9 @@ from torchvision.transforms import ToTensor
 
 from mnistlab.config import compose
 from mnistlab.device import resolve_device
-from mnistlab.engine import build, seed_everything, train_epoch
+from mnistlab.loop import TrainState, seed_everything, train_epoch
+from mnistlab.parts import build_part
+from mnistlab.recipe import loop_settings
 
 DEFAULT_ROOT = Path(__file__).resolve().parents[2] / "shared" / "data"
 ROOT = str(Path(os.environ.get("MNISTLAB_DATA", DEFAULT_ROOT)).resolve())
@@ -39,7 +41,7 @@ def tutorial_epoch(cfg, device) -> float:
         batch_size=cfg.batch_size,
         shuffle=True,
     )
-    model = build(cfg.model, in_shape=(1, 28, 28), num_classes=10).to(device)
+    model = build_part(cfg.model, "model", in_shape=(1, 28, 28), num_classes=10).to(device)
     optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr)
     criterion = torch.nn.CrossEntropyLoss()
     start = time.perf_counter()
@@ -58,18 +60,20 @@ def tutorial_epoch(cfg, device) -> float:
 
 def mnistlab_epoch(cfg, data) -> float:
     """mnistlab's training path: the same function `python -m train` calls each epoch."""
-    model = build(cfg.model, in_shape=data.in_shape, num_classes=data.num_classes).to(data.device)
-    optimizer = build(cfg.optimizer, params=model.parameters())
+    model = build_part(cfg.model, "model", in_shape=data.in_shape, num_classes=data.num_classes)
+    model = model.to(data.device)
+    optimizer = build_part(cfg.optimizer, "optimizer", params=model.parameters())
     start = time.perf_counter()
-    train_epoch(model, data, optimizer, cfg, epoch=1, step_losses=[])
+    train_epoch(model, data, optimizer, TrainState(), loop_settings(cfg))
     return time.perf_counter() - start
 
 
 def floor_epoch(cfg, data) -> float:
     """Preloaded float tensors and the barest loop: the cost of the arithmetic alone."""
     images, labels = data.inputs(data.train.images), data.train.labels
-    model = build(cfg.model, in_shape=data.in_shape, num_classes=data.num_classes).to(data.device)
-    optimizer = build(cfg.optimizer, params=model.parameters())
+    model = build_part(cfg.model, "model", in_shape=data.in_shape, num_classes=data.num_classes)
+    model = model.to(data.device)
+    optimizer = build_part(cfg.optimizer, "optimizer", params=model.parameters())
     start = time.perf_counter()
     order = torch.randperm(len(labels), device=data.device)
     for begin in range(0, len(labels), cfg.batch_size):
@@ -90,8 +94,8 @@ def main() -> None:
     args = parser.parse_args()
 
     cfg = compose([f"data.root={ROOT}", f"device={args.device}"])
-    device = resolve_device(cfg.device)
-    data = build(cfg.data, seed=cfg.seed).to(device)
+    device = resolve_device(cfg.device.type)
+    data = build_part(cfg.data, "data", seed=cfg.seed).to(device)
     ways = {
         "tutorial": lambda: tutorial_epoch(cfg, device),
         "mnistlab": lambda: mnistlab_epoch(cfg, data),

@@ -15,8 +15,10 @@ import time
 import torch
 
 from mnistlab.config import compose
-from mnistlab.device import compiled, resolve_device
-from mnistlab.engine import build, evaluate, seed_everything, train_epoch
+from mnistlab.device import resolve_device
+from mnistlab.loop import TrainState, evaluate, seed_everything, train_epoch
+from mnistlab.parts import build_parts
+from mnistlab.recipe import loop_settings
 
 VARIANTS = {
     "fp32": ["device.amp=none", "device.compile=off"],
@@ -35,20 +37,18 @@ def sync(device: torch.device) -> None:
 def run(overrides: list[str], epochs: int) -> tuple[float, float]:
     """(last epoch seconds, test accuracy) of one variant."""
     cfg = compose(overrides)
-    device = resolve_device(cfg.device)
     seed_everything(cfg.seed)
-    data = build(cfg.data, seed=cfg.seed).to(device)
-    model = build(cfg.model, in_shape=data.in_shape, num_classes=data.num_classes).to(device)
-    optimizer = build(cfg.optimizer, params=model.parameters())
-    net = compiled(model, cfg.device.compile)
-    seconds = 0.0
-    for epoch in range(1, epochs + 1):
-        sync(device)
+    parts = build_parts(cfg)
+    state, opts, seconds = TrainState(), loop_settings(cfg), 0.0
+    for _ in range(epochs):
+        sync(parts.device)
         start = time.perf_counter()
-        train_epoch(net, data, optimizer, cfg, epoch, step_losses=[])
-        sync(device)
+        train_m = train_epoch(parts.net, parts.data, parts.optimizer, state, opts)
+        sync(parts.device)
         seconds = time.perf_counter() - start
-    return seconds, evaluate(net, data, data.test, 10_000, cfg.device.amp)["acc"]
+        state.end_epoch({"train/acc": train_m["acc"], "val/acc": train_m["acc"]})
+    test = evaluate(parts.net, parts.data, parts.data.test, 10_000, cfg.device.amp)
+    return seconds, test["acc"]
 
 
 def main() -> None:
@@ -66,7 +66,7 @@ def main() -> None:
     elif args.data_root:
         base.append(f"data.root={args.data_root}")
     variants = dict(list(VARIANTS.items())[:1]) if args.quick else VARIANTS
-    print(f"torch {torch.__version__}, device {resolve_device(compose(base).device)}")
+    print(f"torch {torch.__version__}, device {resolve_device(compose(base).device.type)}")
     if torch.cuda.is_available():
         print(torch.cuda.get_device_name())
     print(f"{'model':<6}{'batch':>6}  {'variant':<17}{'epoch s':>8}{'test acc':>10}")

@@ -1,4 +1,5 @@
-"""`python -m train [key=value ...]`: compose the run config with Hydra, then train it.
+"""`python -m train [key=value ...]`: check the command line, compose the run config with Hydra,
+then run the recipe (`mnistlab.recipe`).
 
 Torch and MLflow are imported only once training starts, so `--help` and `--cfg job` answer fast.
 """
@@ -13,44 +14,32 @@ import tempfile
 import hydra
 from omegaconf import DictConfig
 
-from mnistlab import sweep
-from mnistlab.config import CONF_DIR, ConfigError, check_command_line, register, validate
+from mnistlab import tracking
+from mnistlab.cli import check_command_line, exit_on_error
+from mnistlab.config import CONF_DIR, register, validate
 
 register()
-log = logging.getLogger("train")
 
 
 @hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="config")
 def main(cfg: DictConfig) -> float:
     """Train one run and return its best val accuracy (the objective a sweeper maximises).
 
-    In a sweep a failed job is recorded and answers NaN, so the other jobs still run.
+    Every job of the basic sweeper was checked before Hydra started; a job whose values come
+    from another sweeper (Optuna's) is checked here. In a sweep a failed job is recorded and
+    answers NaN, so the other jobs still run.
     """
     try:
-        validate(cfg)  # before torch is imported, so config mistakes answer at once
-        from mnistlab.engine import train
+        if tracking.in_multirun() and not tracking.basic_sweep():
+            validate(cfg)
+        from mnistlab.recipe import run
 
-        return train(cfg)
-    except ConfigError as err:  # a setup mistake: one line, no traceback, nothing logged to MLflow
-        if sweep.in_multirun():
-            log.error(f"Error: {err}")
-            sweep.mark_failed(str(err))
-            return float("nan")
-        print(f"Error: {err}", file=sys.stderr)
-        sys.exit(2)
-    except (FloatingPointError, OSError) as err:  # a NaN loss, the server gone, a full disk
-        line = " ".join(str(err).split())
-        if sweep.in_multirun():
-            sweep.mark_failed(line)
-            return float("nan")
-        print(f"Error: {line}", file=sys.stderr)
-        sys.exit(1)
+        return run(cfg)
     except Exception as err:
-        if not sweep.in_multirun():
-            raise
-        log.exception(f"sweep job failed: {type(err).__name__}: {err}")
-        sweep.mark_failed(f"{type(err).__name__}: {err}")
-        return float("nan")
+        if tracking.in_multirun():
+            return tracking.job_failed(err)
+        exit_on_error(err)  # one line and exit 2 or 1; a bug keeps its traceback
+        raise
 
 
 def run_and_exit() -> None:
@@ -63,22 +52,21 @@ def run_and_exit() -> None:
         sys.argv += [f"hydra.run.dir={scratch}", "hydra.output_subdir=null"]
     try:
         check_command_line(sys.argv[1:])
-    except ConfigError as err:  # one line, exit 2, before any job or MLflow run exists
-        if os.environ.get("HYDRA_FULL_ERROR") == "1":
-            raise
-        print(f"Error: {err}", file=sys.stderr)
-        sys.exit(2)
+    except Exception as err:  # one line, exit 2, before any job or MLflow run exists
+        if os.environ.get("HYDRA_FULL_ERROR") != "1":
+            exit_on_error(err)
+        raise
     try:
         main()
-        code = 1 if sweep.STATE.failed_jobs else 0
+        code = 1 if tracking.STATE.failed_jobs else 0
     except SystemExit as done:
         code = done.code if isinstance(done.code, int) else (0 if done.code is None else 1)
     except KeyboardInterrupt as err:  # Ctrl-C or SIGTERM: the run is KILLED, a checkpoint saved
-        sweep.finish("KILLED")
+        tracking.finish("KILLED")
         print(f"Stopped: {err or 'interrupted'}", file=sys.stderr)
         code = 130
     finally:
-        sweep.finish("FAILED")  # a parent still open here stopped before its summary
+        tracking.finish("FAILED")  # a parent still open here stopped before its summary
     atexit._run_exitfuncs()
     logging.shutdown()
     sys.stdout.flush()

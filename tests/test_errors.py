@@ -15,7 +15,8 @@ from hypothesis import strategies as st
 from mlflow import MlflowClient
 
 from conftest import DATA_ROOT, cli_env, free_port, history, mlflow_server, run_cli
-from mnistlab.config import ConfigError, check_command_line
+from mnistlab.cli import check_command_line
+from mnistlab.errors import UserError
 
 
 def running_runs(cwd: Path) -> list[str]:
@@ -221,7 +222,7 @@ OVERRIDE = st.one_of(
 def test_no_override_string_makes_the_config_layer_raise_anything_but_one_line(argv, multirun):
     try:
         check_command_line((["-m"] if multirun else []) + argv)
-    except ConfigError as err:
+    except UserError as err:
         assert str(err) and "\n" not in str(err).strip()
 
 

@@ -4,13 +4,14 @@ import torch
 
 from conftest import only_run
 from mnistlab.config import compose
-from mnistlab.engine import build, train
+from mnistlab.parts import build_part
+from mnistlab.recipe import train
 
 
 def test_tensor_and_dataloader_paths_give_the_same_inputs_and_splits(data_root, tmp_path):
     common = [f"data.root={data_root}", f"data.cache_dir={tmp_path}"]
-    fast = build(compose([*common, "data.loader=tensor"]).data, seed=3)
-    slow = build(compose([*common, "data.loader=torch"]).data, seed=3)
+    fast = build_part(compose([*common, "data.loader=tensor"]).data, "data", seed=3)
+    slow = build_part(compose([*common, "data.loader=torch"]).data, "data", seed=3)
     for split in ("train", "val", "test"):
         (x_fast, y_fast), (x_slow, y_slow) = (
             next(d.batches(getattr(d, split), 256)) for d in (fast, slow)
@@ -22,9 +23,8 @@ def test_tensor_and_dataloader_paths_give_the_same_inputs_and_splits(data_root, 
 
 
 def test_shuffled_batches_cover_the_split_once_and_keep_the_last_partial_batch():
-    data = build(
-        compose(["data=synthetic", "data.train_size=1000", "data.val_size=10"]).data, seed=0
-    )
+    cfg = compose(["data=synthetic", "data.train_size=1000", "data.val_size=10"])
+    data = build_part(cfg.data, "data", seed=0)
     batches = list(data.batches(data.train, 64, torch.Generator().manual_seed(1)))
     assert [len(y) for _, y in batches] == [64] * 15 + [990 - 15 * 64]
     seen = torch.cat([y for _, y in batches]).sort().values
@@ -35,14 +35,14 @@ def test_shuffled_batches_cover_the_split_once_and_keep_the_last_partial_batch()
 
 def test_decoded_dataset_is_cached_and_a_corrupt_cache_is_rebuilt(data_root, tmp_path):
     cfg = compose([f"data.root={data_root}", f"data.cache_dir={tmp_path}"])
-    first = build(cfg.data, seed=0)
+    first = build_part(cfg.data, "data", seed=0)
     (cache,) = tmp_path.glob("MNIST-*.pt")
     cache.write_bytes(cache.read_bytes()[:1000])  # truncate it
-    second = build(cfg.data, seed=0)
+    second = build_part(cfg.data, "data", seed=0)
     assert torch.equal(first.train.images, second.train.images)
     assert torch.equal(first.test.labels, second.test.labels)
     assert cache.stat().st_size > 40_000_000  # rewritten whole
-    third = build(cfg.data, seed=0)
+    third = build_part(cfg.data, "data", seed=0)
     assert torch.equal(first.val.images, third.val.images)
 
 

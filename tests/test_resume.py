@@ -92,15 +92,15 @@ SIGNALS = [signal.SIGKILL, signal.SIGINT, signal.SIGTERM]
 def test_stopped_mid_epoch_then_resumed_equals_an_uninterrupted_run(tmp_path, straight_run, sig):
     client_a, run_a = straight_run
     run_dir = stop_during_epoch_2(tmp_path, sig)
-    state = torch.load(run_dir / "last.pth", weights_only=True)
+    state = torch.load(run_dir / "last.pth", weights_only=True)["state"]  # the TrainState
     assert state["epoch"] == 1
     client_b, stopped = only_run(f"sqlite:///{tmp_path / 'mlruns' / 'mlflow.db'}")
     if sig == signal.SIGKILL:  # no chance to save: epoch 2 so far is lost; the watchdog closes it
         stopped = closed_by_watchdog(client_b, stopped.info.run_id)
-        assert state["partial"] is None and stopped.info.status == "KILLED"
+        assert state["step"] == 0 and stopped.info.status == "KILLED"
         assert f"python -m train resume={run_dir}" in stopped.data.tags["failure_reason"]
     else:  # Ctrl-C and SIGTERM save the steps of epoch 2 done so far, and close the run
-        assert state["partial"]["step"] >= 1 and stopped.info.status == "KILLED"
+        assert state["step"] >= 1 and stopped.info.status == "KILLED"
         assert sig.name in stopped.data.tags["failure_reason"]
 
     result = run_cli([f"resume={run_dir}"], cwd=tmp_path)
@@ -150,7 +150,7 @@ def test_a_run_killed_with_its_watchdog_is_closed_by_the_next_run(tmp_path):
         wait_for_checkpoint(proc, tmp_path)
         children = Path(f"/proc/{proc.pid}/task/{proc.pid}/children").read_text().split()
         cmdlines = {int(pid): Path(f"/proc/{pid}/cmdline").read_bytes() for pid in children}
-        (watchdog,) = [pid for pid, cmd in cmdlines.items() if b"mnistlab.watchdog" in cmd]
+        (watchdog,) = [pid for pid, cmd in cmdlines.items() if b"mnistlab.tracking.watchdog" in cmd]
         os.kill(watchdog, signal.SIGKILL)
     finally:
         proc.kill()
@@ -173,9 +173,11 @@ def test_checkpoints_are_kept_and_uploaded_and_resume_by_run_id_works(tmp_path):
     client, run = only_run(f"sqlite:///{tmp_path / 'mlruns' / 'mlflow.db'}")
     run_dir = Path(run.data.tags["hydra.output_dir"])
     last, best = (torch.load(run_dir / n, weights_only=True) for n in ("last.pth", "best.pth"))
-    assert last["epoch"] == 2 and last["run_id"] == run.info.run_id
+    assert last["state"]["epoch"] == 2 and last["run_id"] == run.info.run_id
     assert last["config"]["epochs"] == 2 and set(last) >= {"model", "optimizer", "rng"}
-    assert best["best_val_acc"] == max(v for _, v in history(client, run.info.run_id, "val/acc"))
+    assert best["state"]["best_val_acc"] == max(
+        v for _, v in history(client, run.info.run_id, "val/acc")
+    )
     uploaded = {a.path for a in client.list_artifacts(run.info.run_id, "checkpoints")}
     assert uploaded == {"checkpoints/last.pth", "checkpoints/best.pth"}
     # a finished run resumed by its id has nothing left to do, and stays one whole run

@@ -14,7 +14,10 @@ from omegaconf import OmegaConf
 
 from conftest import DATA_ROOT, history, only_run, run_cli
 from mnistlab.config import compose
-from mnistlab.engine import NonFiniteLossError, build, evaluate, train
+from mnistlab.errors import NonFiniteLossError
+from mnistlab.loop import evaluate
+from mnistlab.parts import build_part
+from mnistlab.recipe import train
 
 EPOCH_METRICS = [
     "train/loss",
@@ -31,8 +34,8 @@ FAST = ["data=synthetic", "epochs=2", "train.log_every=10", "device=cpu"]
 def reevaluate(client: MlflowClient, run_id: str, dst: Path) -> float:
     """Rebuild data and model from the run's own config.yaml and model.pth; return test accuracy."""
     cfg = OmegaConf.load(client.download_artifacts(run_id, "config.yaml", str(dst)))
-    data = build(cfg.data, seed=cfg.seed)
-    model = build(cfg.model, in_shape=data.in_shape, num_classes=data.num_classes)
+    data = build_part(cfg.data, "data", seed=cfg.seed)
+    model = build_part(cfg.model, "model", in_shape=data.in_shape, num_classes=data.num_classes)
     model.load_state_dict(torch.load(client.download_artifacts(run_id, "model.pth", str(dst))))
     return evaluate(model, data, data.test, 1000)["acc"]
 
@@ -184,14 +187,14 @@ def test_sigterm_ends_the_run_as_killed_not_running(tmp_path):
 
 
 def test_passwords_in_store_uris_are_never_shown():
-    from mnistlab.tracking import shown
+    from mnistlab.tracking import redact
 
-    assert shown("postgresql://bob:s3cr3t@db:5432/mlflow") == "postgresql://bob:***@db:5432/mlflow"
+    assert redact("postgresql://bob:s3cr3t@db:5432/mlflow") == "postgresql://bob:***@db:5432/mlflow"
     assert (
-        shown("a=1 mlflow.tracking_uri=http://u:p@h:5000")
+        redact("a=1 mlflow.tracking_uri=http://u:p@h:5000")
         == "a=1 mlflow.tracking_uri=http://u:***@h:5000"
     )
-    assert shown("sqlite:////tmp/x/mlflow.db") == "sqlite:////tmp/x/mlflow.db"
+    assert redact("sqlite:////tmp/x/mlflow.db") == "sqlite:////tmp/x/mlflow.db"
 
 
 RACE = """
@@ -203,8 +206,9 @@ from mnistlab.config import compose
 out = Path(sys.argv[1])
 cfg = compose([f"mlflow.tracking_uri=sqlite:///{out}/mlflow.db", "data=synthetic"])
 connection = tracking.connect_in_background(cfg)  # MLflow imported in a thread...
-with tracking.start_run(cfg, out, {}, connection) as run:  # ...while this one opens the run
-    print(run.run_id)
+with tracking.Claim(out, "hydra.run.dir") as claim:
+    with tracking.open_run(cfg, claim, {}, None, connection) as run:  # ...while this one opens it
+        print(run.run_id)
 """
 
 

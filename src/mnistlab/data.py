@@ -9,21 +9,29 @@ import hashlib
 import itertools
 from collections.abc import Iterator
 from dataclasses import dataclass, replace
+from importlib import import_module
 from pathlib import Path
+from typing import Annotated
 
 import torch
-from hydra.utils import get_class
 from torch import Tensor
 from torch.utils.data import DataLoader, Subset
 from torch.utils.data import Dataset as TorchDataset
 
 from mnistlab import distributed
-from mnistlab.checkpoint import atomic_write
-from mnistlab.config import ConfigError, Loader
+from mnistlab.errors import UserError
+from mnistlab.files import atomic_write
+from mnistlab.options import Check, Loader, at_least, finite
+
+VAL_SIZE = at_least(1, "an integer >= 1, e.g. data.val_size=5000")
+MEAN = Check(finite, "a finite pixel mean, e.g. 0.1307")
+STD = Check(lambda v: finite(v) and v > 0, "a positive pixel std, e.g. 0.3081")
 
 
-class DataError(ConfigError):
-    """The dataset cannot be read or fetched; the message says where it looked and the fix."""
+def get_class(path: str) -> type:
+    """The class a dotted path names, e.g. torchvision.datasets.MNIST."""
+    module, _, name = path.rpartition(".")
+    return getattr(import_module(module), name)
 
 
 def normalize(images: Tensor, mean: float, std: float) -> Tensor:
@@ -128,7 +136,7 @@ class Dataset:
 def hold_out(n: int, val_size: int, seed: int) -> tuple[Tensor, Tensor]:
     """Indices (train, val) of a training set of `n`; `seed` chooses the `val_size` val samples."""
     if not 1 <= val_size < n:
-        raise ConfigError(
+        raise UserError(
             f"data.val_size={val_size} is invalid: use an integer from 1 to {n - 1} "
             f"(the training set has {n} samples)"
         )
@@ -171,13 +179,13 @@ def load_torchvision(
     dataset: str,
     root: str,
     download: bool,
-    val_size: int,
-    mean: float,
-    std: float,
+    val_size: Annotated[int, VAL_SIZE],
+    mean: Annotated[float, MEAN],
+    std: Annotated[float, STD],
     seed: int,
-    loader: Loader = Loader.tensor,
-    num_workers: int = 0,
-    cache_dir: str | None = None,
+    loader: Loader,
+    num_workers: Annotated[int, at_least(0, "an integer >= 0 (0 loads in the main process)")],
+    cache_dir: str | None,
 ) -> Dataset:
     """Read a torchvision MNIST-style dataset (downloading it if allowed) into uint8 tensors."""
     root_path = Path(root).expanduser().resolve()
@@ -189,13 +197,13 @@ def load_torchvision(
         raw_dir = root_path / cls.__name__ / "raw"
         if all((raw_dir / name).is_file() for name in names):  # there, but truncated or corrupt
             reason = " ".join(str(err).split())[:200]
-            raise DataError(
+            raise UserError(
                 f"data.root={root}: the {cls.__name__} files in {raw_dir} are unreadable "
                 f"({reason}); replace them with intact copies, or delete them and go online"
             ) from err
         expected = ", ".join(names)
         why = " ".join(str(err).split()) if download else "data.download=false"
-        raise DataError(
+        raise UserError(
             f"data.root={root}: no {cls.__name__} in {root_path / cls.__name__ / 'raw'} "
             f"(expected {expected}) and {why}. Fix: set data.root=<folder that holds "
             f"{cls.__name__}/raw> (or MNISTLAB_DATA), or go online with data.download=true"
@@ -240,12 +248,14 @@ def _templates(num_classes: int, size: int, generator: torch.Generator) -> Tenso
 
 
 def make_synthetic(
-    train_size: int,
-    test_size: int,
-    val_size: int,
-    noise: float,
-    mean: float,
-    std: float,
+    train_size: Annotated[int, at_least(2, "an integer >= 2, e.g. 3000")],
+    test_size: Annotated[int, at_least(1, "an integer >= 1, e.g. 1000")],
+    val_size: Annotated[int, VAL_SIZE],
+    noise: Annotated[
+        float, Check(lambda v: finite(v) and v >= 0, "a grey-level std >= 0, e.g. 60")
+    ],
+    mean: Annotated[float, MEAN],
+    std: Annotated[float, STD],
     seed: int,
     num_classes: int = 10,
     size: int = 28,

@@ -4,8 +4,6 @@ The model is rebuilt from the run's own config, so no overrides need repeating.
 """
 
 import json
-import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -14,8 +12,8 @@ from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
 from mnistlab import checkpoint, tracking
-from mnistlab.config import ConfigError
-from mnistlab.engine import build
+from mnistlab.errors import UserError
+from mnistlab.parts import build_part
 
 
 @dataclass
@@ -28,32 +26,6 @@ class Trained:
     run_id: str | None
 
 
-def _from_run(source: str, tracking_uri: str | None) -> tuple[Path, str]:
-    """Download a run's model.pth, config.yaml and data.json; (model.pth path, run id)."""
-    from mlflow.exceptions import MlflowException
-
-    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
-    run_id, _, artifact = source.removeprefix("runs:/").partition("/")
-    cfg = OmegaConf.create({"mlflow": {"tracking_uri": tracking_uri, "experiment": "mnistlab"}})
-    from mlflow import MlflowClient
-
-    client = MlflowClient(tracking.tracking_uri(cfg))
-    dst = Path(tempfile.mkdtemp(prefix="mnistlab-"))
-    try:
-        client.get_run(run_id)
-        path = Path(client.download_artifacts(run_id, artifact or "model.pth", str(dst)))
-        for name in ("config.yaml", "data.json"):
-            client.download_artifacts(run_id, name, str(path.parent))
-    except (MlflowException, OSError) as err:
-        store = tracking.shown(tracking.tracking_uri(cfg))
-        raise ConfigError(
-            f"{source}: no such MLflow run or artifact in {store}; "
-            "name a run output dir, a .pth file, runs:/<run_id>/model.pth or a run id "
-            "(and --tracking-uri)"
-        ) from err
-    return path, run_id
-
-
 def load_trained(source: str, tracking_uri: str | None = None) -> Trained:
     """The model that `source` names: a .pth file, a run output dir (its model.pth, else its
     last.pth), `runs:/<run_id>/model.pth` or a run id."""
@@ -61,13 +33,13 @@ def load_trained(source: str, tracking_uri: str | None = None) -> Trained:
     if path.is_dir():  # the final weights of a finished run, else the last checkpoint
         found = [path / n for n in ("model.pth", "last.pth") if (path / n).is_file()]
         if not found:
-            raise ConfigError(
+            raise UserError(
                 f"{source}: no model.pth or last.pth in that folder; name a run output dir, "
                 "a .pth file, runs:/<run_id>/model.pth or a run id"
             )
         path = found[0]
     if not path.is_file():
-        path, run_id = _from_run(source, tracking_uri)
+        path, run_id = tracking.download_model_files(source, tracking_uri)
     state = checkpoint.read_torch_file(path, "checkpoint")
     if checkpoint.is_training_checkpoint(state):  # last.pth / best.pth carry everything
         weights, cfg, info = state["model"], OmegaConf.create(state["config"]), state["data"]
@@ -77,17 +49,18 @@ def load_trained(source: str, tracking_uri: str | None = None) -> Trained:
             cfg = OmegaConf.load(path.parent / "config.yaml")
             info = json.loads((path.parent / "data.json").read_text())
         except OSError as err:
-            raise ConfigError(
+            raise UserError(
                 f"checkpoint={path}: no config.yaml and data.json beside it to rebuild the model; "
                 "use the run's output dir, last.pth, or its MLflow run id"
             ) from err
         weights = state
-    model = build(cfg.model, in_shape=tuple(info["in_shape"]), num_classes=len(info["classes"]))
+    shape, classes = tuple(info["in_shape"]), len(info["classes"])
+    model = build_part(cfg.model, "model", in_shape=shape, num_classes=classes)
     try:
         model.load_state_dict(weights)
     except (RuntimeError, TypeError, AttributeError) as err:
         reason = " ".join(str(err).split())[:300]
-        raise ConfigError(
+        raise UserError(
             f"checkpoint={path}: these weights do not fit the {cfg.model._target_} its config "
             f"describes ({reason}); use the checkpoint of the run that config belongs to"
         ) from err

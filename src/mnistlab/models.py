@@ -1,9 +1,14 @@
-"""Image classifiers. Each takes the input shape and class count from the data at build time."""
+"""Image classifiers. Each takes the input shape and class count from the data at build time;
+its other parameters are its options, set in its YAML under conf/model/, with their range rules
+in the signature."""
 
 from collections.abc import Sequence
 from math import prod
+from typing import Annotated
 
 from torch import Tensor, nn
+
+from mnistlab.options import PROBABILITY, at_least
 
 
 class MLP(nn.Module):
@@ -13,8 +18,10 @@ class MLP(nn.Module):
         self,
         in_shape: Sequence[int],
         num_classes: int,
-        hidden_sizes: Sequence[int] = (512, 512),
-        dropout: float = 0.0,
+        hidden_sizes: Annotated[
+            list[int], at_least(1, "a list of layer widths >= 1, e.g. [512,512]")
+        ],
+        dropout: Annotated[float, PROBABILITY],
     ):
         super().__init__()
         self.flatten = nn.Flatten()
@@ -40,12 +47,18 @@ class CNN(nn.Module):
         self,
         in_shape: Sequence[int],
         num_classes: int,
-        channels: Sequence[int] = (32, 64),
-        hidden_size: int = 256,
-        dropout: float = 0.5,
+        channels: Annotated[list[int], at_least(1, "a list of channel counts >= 1, e.g. [32,64]")],
+        hidden_size: Annotated[int, at_least(1, "an integer >= 1, e.g. 256")],
+        dropout: Annotated[float, PROBABILITY],
     ):
         super().__init__()
         in_channels, height, width = in_shape
+        most = min(height, width).bit_length() - 1  # each block halves height and width
+        if len(channels) > most:
+            raise ValueError(
+                f"channels={list(channels)}: {len(channels)} pooling blocks halve a "
+                f"{height}x{width} input to nothing; use at most {most} entries, or larger images"
+            )
         blocks: list[nn.Module] = []
         for out_channels in channels:
             blocks += [

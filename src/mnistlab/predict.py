@@ -6,13 +6,13 @@ read as the training data was stored: light strokes on a dark background, as in 
 """
 
 import argparse
-import sys
 from pathlib import Path
 
 import torch
 
-from mnistlab.config import ConfigError
+from mnistlab.cli import one_line_errors
 from mnistlab.data import normalize
+from mnistlab.errors import UserError
 from mnistlab.inference import load_trained
 
 
@@ -27,7 +27,7 @@ def read_image(path: Path, size: tuple[int, int]) -> torch.Tensor:
                 gray = gray.resize((size[1], size[0]), Image.Resampling.BILINEAR)
             return torch.frombuffer(bytearray(gray.tobytes()), dtype=torch.uint8).view(*size)
     except (OSError, UnidentifiedImageError) as err:
-        raise ConfigError(f"image {path}: not a readable image ({err}); pass PNG or JPEG") from err
+        raise UserError(f"image {path}: not a readable image ({err}); pass PNG or JPEG") from err
 
 
 @torch.inference_mode()
@@ -47,6 +47,7 @@ def predict(source: str, images: list[Path], tracking_uri: str | None = None) ->
     return results
 
 
+@one_line_errors
 def main(argv: list[str] | None = None) -> None:
     """Parse the command line and predict; bad input gets one line and exit code 2."""
     parser = argparse.ArgumentParser(prog="python -m mnistlab.predict", description=__doc__)
@@ -54,11 +55,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("images", nargs="+", type=Path, help="grayscale image files")
     parser.add_argument("--tracking-uri", default=None, help="MLflow store (default as train)")
     args = parser.parse_args(argv)
-    try:
-        predict(args.source, args.images, args.tracking_uri)
-    except ConfigError as err:
-        print(f"Error: {err}", file=sys.stderr)
-        sys.exit(2)
+    predict(args.source, args.images, args.tracking_uri)
 
 
 if __name__ == "__main__":

@@ -10,14 +10,12 @@ run of the experiment (default: mnistlab) except sweep parents.
 import argparse
 import csv
 import math
-import sys
 from pathlib import Path
 from typing import Any
 
-from omegaconf import OmegaConf
-
 from mnistlab import tracking
-from mnistlab.config import ConfigError
+from mnistlab.cli import one_line_errors
+from mnistlab.errors import UserError
 
 TARGET_HELP = "experiment name or sweep parent run id (default: mnistlab)"
 COLUMNS = ["run_id", "name", "overrides", "status", "best_val_acc", "test_acc", "duration_s"]
@@ -38,7 +36,7 @@ def collect(client: Any, target: str) -> tuple[str, list[dict[str, Any]]]:
         try:
             parent = client.get_run(target)
         except MlflowException as err:
-            raise ConfigError(
+            raise UserError(
                 f"{target}: no such experiment or run in this store; name an experiment "
                 "(default mnistlab) or a sweep's parent run id, and --tracking-uri if elsewhere"
             ) from err
@@ -84,18 +82,7 @@ def table(rows: list[dict[str, Any]]) -> str:
     return "\n".join(fmt.format(*line) for line in [header, *lines])
 
 
-def store_uri(tracking_uri: str | None) -> str:
-    """The store to read, as `python -m train` would pick it; it must exist."""
-    uri = tracking.tracking_uri(OmegaConf.create({"mlflow": {"tracking_uri": tracking_uri}}))
-    db = tracking.sqlite_path(uri)
-    if db is not None and not db.exists():
-        raise ConfigError(
-            f"--tracking-uri={tracking.shown(uri)}: no MLflow store there; "
-            "run from the folder that holds mlruns/ or pass --tracking-uri"
-        )
-    return uri
-
-
+@one_line_errors
 def main(argv: list[str] | None = None) -> None:
     """Print the table; write the CSV and the figure; bad input gets one line and exit 2."""
     parser = argparse.ArgumentParser(prog="python -m mnistlab.report", description=__doc__)
@@ -107,16 +94,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--figure", type=Path, default=Path("report.png"), help="figure path")
     parser.add_argument("--top", type=int, default=5, help="runs whose val-acc curves to draw")
     args = parser.parse_args(argv)
-    try:
-        from mlflow import MlflowClient
+    from mlflow import MlflowClient
 
-        uri = store_uri(args.tracking_uri)
-        title, rows = collect(MlflowClient(uri), args.target)
-        if not rows:
-            raise ConfigError(f"{args.target}: no runs to report in {tracking.shown(uri)}")
-    except ConfigError as err:
-        print(f"Error: {err}", file=sys.stderr)
-        sys.exit(2)
+    uri = tracking.existing_store(args.tracking_uri)
+    title, rows = collect(MlflowClient(uri), args.target)
+    if not rows:
+        raise UserError(f"{args.target}: no runs to report in {tracking.redact(uri)}")
     rows.sort(key=sort_key(args.sort, args.ascending))
     print(f"{title}: {len(rows)} runs, sorted by {args.sort}")
     print(table(rows))

@@ -3,8 +3,9 @@
 `SweepCallback` runs in the launching process. Before any job starts it creates (or upgrades) the
 store once, opens the parent run and tells the jobs about it through environment variables,
 which joblib workers, submitit jobs and SLURM tasks inherit. When the sweep ends it summarises
-the children on the parent and closes it. A job that fails is recorded and the sweep goes on
-(Hydra 1.3 would skip `on_multirun_end` if a job raised); `python -m train` then exits non-zero.
+the children on the parent and closes it. A job that fails is recorded (`job_failed`) and the
+sweep goes on (Hydra 1.3 would skip `on_multirun_end` if a job raised); `python -m train` then
+exits non-zero.
 """
 
 import csv
@@ -12,10 +13,9 @@ import logging
 import math
 import os
 import shlex
-import socket
 import sys
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
 from hydra.core.hydra_config import HydraConfig
 from hydra.core.override_parser.overrides_parser import OverridesParser
@@ -23,8 +23,11 @@ from hydra.experimental.callback import Callback
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
-from mnistlab import tracking
-from mnistlab.watchdog import HOST_TAG, Watchdog, hold_lock, locker
+from mnistlab.errors import UserError, exit_code, one_line
+from mnistlab.tracking.guard import Claim
+from mnistlab.tracking.provenance import origin_tags
+from mnistlab.tracking.records import child_rows
+from mnistlab.tracking.store import connect, redact, tracking_uri
 
 log = logging.getLogger(__name__)
 
@@ -40,8 +43,7 @@ class _State:
     client: Any = None
     parent_run_id: str | None = None
     failed_jobs: int = 0
-    watchdog: Watchdog | None = None  # closes the parent run if this process is killed
-    lock: IO[str] | None = None  # on the sweep dir, while the sweep runs
+    claim: Claim | None = None  # the sweep dir's lock, and the parent run's watchdog
 
 
 STATE = _State()
@@ -50,6 +52,13 @@ STATE = _State()
 def in_multirun() -> bool:
     """Whether this process is running a job of a Hydra multirun."""
     return HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN
+
+
+def basic_sweep() -> bool:
+    """Whether this multirun's jobs come from Hydra's basic sweeper, which `python -m train`
+    expands and checks before Hydra starts (Optuna's values are only known in the job)."""
+    sweeper = str(HydraConfig.get().sweeper.get("_target_", ""))
+    return sweeper.endswith("BasicSweeper")
 
 
 def swept_keys(config: DictConfig) -> list[str]:
@@ -73,7 +82,7 @@ def child_context() -> dict[str, str] | None:
         "run_name": ",".join(named) or f"job{hc.job.num}",
         "mlflow.parentRunId": parent,
         "sweep.job_num": str(hc.job.num),
-        "sweep.overrides": tracking.shown(" ".join(overrides)),
+        "sweep.overrides": redact(" ".join(overrides)),
     }
 
 
@@ -90,11 +99,20 @@ def threads_per_job() -> int | None:
     return max(1, cores // n_jobs)
 
 
-def mark_failed(reason: str) -> None:
-    """Record in this job's output dir that it failed, for the summary and the exit code."""
+def job_failed(err: Exception) -> float:
+    """Record in this job's output dir that it failed, for the summary and the exit code; the
+    objective a sweeper reads of it: NaN."""
+    if exit_code(err) is None:  # a bug: its traceback goes to the job's log
+        log.exception(f"sweep job failed: {type(err).__name__}: {err}")
+        reason = f"{type(err).__name__}: {err}"
+    else:
+        reason = one_line(err)
+        if isinstance(err, UserError):
+            log.error(f"Error: {reason}")
     output_dir = Path(HydraConfig.get().runtime.output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
     (output_dir / FAILED_MARK).write_text(reason + "\n")
+    return float("nan")
 
 
 def reopen_parent(client: Any, sweep_dir: Path) -> str | None:
@@ -117,6 +135,18 @@ def reopen_parent(client: Any, sweep_dir: Path) -> str | None:
     return parent_id
 
 
+def parent_tags(config: DictConfig, sweep_dir: Path, swept: list[str]) -> dict[str, str]:
+    """The parent run's tags: how the sweep was started, and what it varies."""
+    return {
+        **origin_tags(),
+        "sweep.dir": str(sweep_dir),
+        "sweep.command": redact(shlex.join(["python", "-m", "train", *sys.argv[1:]])),
+        "sweep.swept_keys": ",".join(swept),
+        "sweep.sweeper": str(OmegaConf.select(config, "hydra.sweeper._target_")),
+        "sweep.launcher": str(OmegaConf.select(config, "hydra.launcher._target_")),
+    }
+
+
 class SweepCallback(Callback):
     """Opens the parent run before the jobs start and closes it, summarised, when they end."""
 
@@ -126,47 +156,25 @@ class SweepCallback(Callback):
         Hydra turns a callback's exception into a warning and runs the jobs anyway, so a store
         that cannot be opened ends the command here, in one line, before any job starts.
         """
-        from mnistlab.config import ConfigError
-
         job_cfg = OmegaConf.masked_copy(config, [k for k in config if k != "hydra"])
+        sweep_dir = Path(str(config.hydra.sweep.dir)).resolve()
         try:
-            client, experiment_id = tracking.connect(job_cfg)  # runs any migration, once
-        except ConfigError as err:
+            client, experiment_id = connect(job_cfg)  # runs any migration, once
+            # waits for a watchdog still closing this dir's earlier parent run
+            STATE.claim = Claim(sweep_dir, f"hydra.sweep.dir={sweep_dir}", then="rerun")
+        except UserError as err:
             print(f"Error: {err}", file=sys.stderr)
             raise SystemExit(2) from None
-        sweep_dir = Path(str(config.hydra.sweep.dir)).resolve()
-        # waits for a watchdog still closing this dir's earlier parent run
-        STATE.lock = hold_lock(sweep_dir, "training", wait_s=60)
-        if STATE.lock is None:
-            print(
-                f"Error: hydra.sweep.dir={sweep_dir}: another process is using this folder "
-                f"(process {locker(sweep_dir)}); wait for it to end or stop it, then rerun",
-                file=sys.stderr,
-            )
-            raise SystemExit(2)
         swept = swept_keys(config)
         name = config.get("sweep_name") or f"{sweep_dir.parent.name}_{sweep_dir.name}"
-        tags = {
-            **tracking.git_state(),
-            HOST_TAG: socket.gethostname(),
-            "sweep.dir": str(sweep_dir),
-            "sweep.command": tracking.shown(shlex.join(["python", "-m", "train", *sys.argv[1:]])),
-            "sweep.swept_keys": ",".join(swept),
-            "sweep.sweeper": str(OmegaConf.select(config, "hydra.sweeper._target_")),
-            "sweep.launcher": str(OmegaConf.select(config, "hydra.launcher._target_")),
-        }
         parent_id = reopen_parent(client, sweep_dir)  # a rerun of the same sweep dir
         if parent_id is None:
+            tags = parent_tags(config, sweep_dir, swept)
             parent_id = client.create_run(experiment_id, tags=tags, run_name=name).info.run_id
-            sweep_dir.mkdir(parents=True, exist_ok=True)
             (sweep_dir / PARENT_FILE).write_text(parent_id + "\n")
         STATE.client, STATE.parent_run_id, STATE.failed_jobs = client, parent_id, 0
-        STATE.watchdog = Watchdog(  # closes the parent if this process is killed outright
-            tracking.tracking_uri(job_cfg),
-            parent_id,
-            sweep_dir,
-            hint=f"finish the sweep with the same command and hydra.sweep.dir={sweep_dir}",
-        )
+        hint = f"finish the sweep with the same command and hydra.sweep.dir={sweep_dir}"
+        STATE.claim.watch(tracking_uri(job_cfg), parent_id, hint)
         os.environ[PARENT_ENV] = parent_id
         os.environ[SWEPT_ENV] = ",".join(swept)
         log.info(f"MLflow sweep parent run {parent_id} ({name}), sweeping {swept}")
@@ -192,8 +200,7 @@ def close_parent(status: str) -> None:
         try:
             STATE.client.set_terminated(STATE.parent_run_id, status)
         finally:
-            STATE.watchdog.release()
-            STATE.lock.close()
+            STATE.claim.release()
             STATE.parent_run_id = None
             os.environ.pop(PARENT_ENV, None)
 
@@ -206,23 +213,6 @@ def finish(status: str) -> None:
     executor = getattr(module, "_executor", None)
     if executor is not None:
         executor.shutdown(wait=True, kill_workers=True)
-
-
-def child_rows(client: Any, parent_run_id: str) -> list[dict[str, Any]]:
-    """One summary row per child run of the parent, in job order."""
-    parent = client.get_run(parent_run_id)
-    children = client.search_runs(
-        [parent.info.experiment_id],
-        filter_string=f"tags.`mlflow.parentRunId` = '{parent_run_id}'",
-        max_results=10_000,
-    )
-    rows_by_job: dict[int, dict[str, Any]] = {}
-    for run in children:
-        row = tracking.run_row(client, run)
-        earlier = rows_by_job.get(row["job_num"])
-        if earlier is None or earlier["start_time"] < row["start_time"]:
-            rows_by_job[row["job_num"]] = row  # a job redone with force=true: its latest run
-    return sorted(rows_by_job.values(), key=lambda r: r["job_num"])
 
 
 def summarise(client: Any, parent_run_id: str, sweep_dir: Path) -> int:
@@ -245,16 +235,8 @@ def summarise(client: Any, parent_run_id: str, sweep_dir: Path) -> int:
         log.info(f"Best job: {best['overrides']} val acc {best['best_val_acc']:.4f}")
     summary_dir = sweep_dir / "summary"
     summary_dir.mkdir(parents=True, exist_ok=True)
-    columns = [
-        "run_id",
-        "job_num",
-        "overrides",
-        "status",
-        "best_val_acc",
-        "final_test_acc",
-        "final_test_loss",
-        "duration_s",
-    ]
+    columns = ["run_id", "job_num", "overrides", "status", "best_val_acc", "final_test_acc",
+               "final_test_loss", "duration_s"]  # fmt: skip
     with open(summary_dir / "summary.csv", "w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=columns, extrasaction="ignore")
         writer.writeheader()

@@ -1,0 +1,159 @@
+"""What every command line of mnistlab shares: the one-line answer to a user's mistake, and
+`python -m train`'s check of every job's config before Hydra starts."""
+
+import difflib
+import sys
+import tempfile
+from collections.abc import Callable
+from dataclasses import fields, is_dataclass
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf
+
+from mnistlab import tracking
+from mnistlab.config import compose, rule_of, validate
+from mnistlab.errors import UserError, exit_code, one_line
+
+EXTRAS = {"hydra/launcher=ray": "ray"}  # options that an optional extra of mnistlab installs
+HYDRA_FLAGS = {  # Hydra's own command-line flags, with their short forms
+    *("-h", "--help", "--hydra-help", "--version", "-c", "--cfg", "--resolve", "-p"),
+    *("--package", "-r", "--run", "-m", "--multirun", "-sc", "--shell-completion", "-cp"),
+    *("--config-path", "-cn", "--config-name", "-cd", "--config-dir", "--experimental-rerun"),
+    *("-i", "--info"),
+}
+
+
+def exit_on_error(err: BaseException) -> None:
+    """End the command for an error the user gets as one line ("Error: ..." on stderr, exit 2
+    for a mistake, 1 for a run that failed); return for any other, which the caller re-raises."""
+    code = exit_code(err)
+    if code is not None:
+        print(f"Error: {err if code == 2 else one_line(err)}", file=sys.stderr)
+        sys.exit(code)
+
+
+def one_line_errors(main: Callable[..., Any]) -> Callable[..., Any]:
+    """Wrap a command's main function: its users' errors end it in one line, with no traceback."""
+
+    def wrapped(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return main(*args, **kwargs)
+        except Exception as err:
+            exit_on_error(err)
+            raise
+
+    wrapped.__doc__, wrapped.__name__ = main.__doc__, main.__name__
+    return wrapped
+
+
+def explain(err: Exception) -> str:
+    """One line for a Hydra or OmegaConf composition error: the key, the bad value, the fix."""
+    from hydra.errors import MissingConfigException, OverrideParseException
+    from omegaconf.errors import ConfigAttributeError, OmegaConfBaseException
+
+    if isinstance(err, MissingConfigException) and err.options is not None:
+        missing = str(err).split("Could not find '", 1)[-1].split("'", 1)[0]
+        group, _, option = missing.rpartition("/")
+        options = [o for o in err.options if not o.endswith("_schema")]
+        extra = EXTRAS.get(f"{group}={option}")
+        if extra:
+            return f"{group}={option} needs an optional extra: pip install -e '.[{extra}]'"
+        return f"{group}={option} is not an option: use one of {', '.join(options)}"
+    if isinstance(err, OverrideParseException):
+        return f"{str(err).splitlines()[0]}: write overrides as key=value (Hydra's grammar)"
+    cause = err
+    while cause.__cause__ is not None and not isinstance(cause, OmegaConfBaseException):
+        cause = cause.__cause__
+    if isinstance(cause, ConfigAttributeError) and cause.full_key:
+        schema, key, parent = cause.object_type, cause.full_key, cause.parent_node
+        known = [f.name for f in fields(schema)] if is_dataclass(schema) else []
+        if not known and parent is not None:  # a component's node: its YAML's keys
+            known = [str(k) for k in parent.keys()]
+        near = difflib.get_close_matches(key.rsplit(".", 1)[-1], known, n=1)
+        parent = key.rsplit(".", 1)[0] + "." if "." in key else ""
+        return f"{key} is not a known key: " + (
+            f"did you mean {parent}{near[0]}?" if near else f"known keys: {known}"
+        )
+    if isinstance(cause, OmegaConfBaseException) and cause.full_key:
+        rule = rule_of(cause.object_type, cause.full_key.rsplit(".", 1)[-1])
+        fix = f"; use {rule.allowed}" if rule else ""
+        return f"{cause.full_key}: {str(cause).splitlines()[0].rstrip('.')}{fix}"
+    return one_line(err)
+
+
+def check_writable(key: str, value: Any, folder: str | Path) -> None:
+    """Raise UserError for `key=value` unless `folder` can be written: its nearest existing
+    ancestor must be a folder that takes a real file (root passes every permission check)."""
+    existing = Path(folder).absolute()
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    try:
+        if not existing.is_dir():
+            raise NotADirectoryError(20, f"{existing} is a file")
+        with tempfile.TemporaryFile(dir=existing):
+            pass
+    except OSError as err:
+        reason = err.strerror or type(err).__name__
+        raise UserError(
+            f"{key}={value}: cannot write {folder} ({existing}: {reason}); "
+            f"point {key} at a writable folder"
+        ) from None
+
+
+def check_outputs(cfg: DictConfig, multirun: bool) -> None:
+    """Check, before anything runs, that the run's output dir and its MLflow store are reachable
+    and writable; raise UserError naming the key otherwise."""
+    from hydra.core.hydra_config import HydraConfig
+
+    if HydraConfig.initialized():
+        key = "hydra.sweep.dir" if multirun else "hydra.run.dir"
+        folder = OmegaConf.select(HydraConfig.get(), key.removeprefix("hydra."))
+        check_writable(key, folder, folder)
+    uri = tracking.tracking_uri(cfg)
+    tracking.check_scheme(uri)
+    db = tracking.sqlite_path(uri)
+    if db is not None:
+        check_writable("mlflow.tracking_uri", uri, db.parent)
+    tracking.check_store(uri)
+
+
+def check_command_line(argv: list[str]) -> None:
+    """Compose and validate the config of every job the command line asks for, before Hydra
+    starts and before any MLflow run exists; raise UserError naming the first mistake.
+
+    Command lines with Hydra's own flags (--help, --cfg, -c, ...) are left to Hydra.
+    """
+    from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from hydra.errors import HydraException
+    from omegaconf.errors import OmegaConfBaseException
+
+    multirun = any(a in ("-m", "--multirun") for a in argv)
+    overrides = [a for a in argv if a not in ("-m", "--multirun")]
+    for arg in overrides:
+        if arg.startswith("-") and arg.split("=", 1)[0] not in HYDRA_FLAGS:
+            raise UserError(
+                f"{arg} is not a flag of python -m train: give settings as key=value overrides "
+                "(python -m train --help lists them)"
+            )
+    if any(a.startswith("-") for a in overrides):
+        return
+    try:
+        jobs = [overrides]
+        if multirun:
+            parsed = OverridesParser.create().parse_overrides(overrides)
+            jobs = BasicSweeper.split_arguments(parsed, None)[0][:1000]
+        stores = {}
+        for job in jobs:
+            cfg = compose(job)
+            validate(cfg)
+            stores.setdefault(str(cfg.mlflow.tracking_uri), cfg)
+        for cfg in stores.values():  # once every job's config is known good
+            check_outputs(cfg, multirun)
+    except UserError:
+        raise
+    except (HydraException, OmegaConfBaseException) as err:
+        raise UserError(explain(err)) from err
+    except Exception as err:  # anything else Hydra's parser lets through, e.g. `=1`
+        raise UserError(f"{explain(err)} (in the overrides {' '.join(overrides)})") from err

@@ -1,0 +1,40 @@
+"""Atomic, durable file writes: a file is its old version or its new one, whole, after any crash."""
+
+import os
+from collections.abc import Callable
+from pathlib import Path
+from typing import IO
+
+from mnistlab.errors import WriteError
+
+
+def atomic_write(path: Path, write: Callable[[IO[bytes]], None]) -> None:
+    """Call `write` on a temp file beside `path`, fsync it, rename it over `path`, and fsync the
+    folder, so `path` is the old file or the new one, whole, even after a crash or power cut."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    try:
+        with open(tmp, "wb") as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+        folder = os.open(path.parent, os.O_RDONLY)
+        try:
+            os.fsync(folder)
+        finally:
+            os.close(folder)
+    except (OSError, RuntimeError) as err:  # torch.save reports a short write as RuntimeError
+        reason = err.strerror if isinstance(err, OSError) else None
+        raise WriteError(
+            f"cannot write {path} ({reason or 'the write stopped short'}): free space on that "
+            f"disk or point hydra.run.dir elsewhere; the earlier {path.name}, if any, is intact"
+        ) from err
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def write_text(path: Path, text: str) -> None:
+    """Write `text` to `path` atomically."""
+    data = text.encode()
+    atomic_write(path, lambda f: f.write(data))

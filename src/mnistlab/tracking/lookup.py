@@ -1,0 +1,102 @@
+"""Reading runs back: a run's status and checkpoint (resume), its files (evaluate, predict),
+and the store that `report` reads; with one-line errors for what is not there."""
+
+import os
+import re
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf
+
+from mnistlab.errors import UserError
+from mnistlab.tracking.store import connect, redact, sqlite_path, tracking_uri
+
+
+def store_of(uri: str | None) -> str:
+    """The store a CLI's --tracking-uri names, as `python -m train` would pick it."""
+    return tracking_uri(OmegaConf.create({"mlflow": {"tracking_uri": uri}}))
+
+
+def existing_store(uri: str | None) -> str:
+    """The store to read: it must exist (reading creates none)."""
+    store = store_of(uri)
+    db = sqlite_path(store)
+    if db is not None and not db.exists():
+        raise UserError(
+            f"--tracking-uri={redact(store)}: no MLflow store there; "
+            "run from the folder that holds mlruns/ or pass --tracking-uri"
+        )
+    return store
+
+
+def run_status(cfg: DictConfig, run_id: str) -> str:
+    """The status of run `run_id` in cfg's store (FINISHED, FAILED, ...)."""
+    client, _ = connect(cfg)
+    return client.get_run(run_id).info.status
+
+
+def run_checkpoint(cfg: DictConfig, resume: str) -> Path:
+    """The last.pth of the MLflow run whose id is `resume`: in its output dir, else in its
+    artifacts (checkpoint.log_to_mlflow=true)."""
+    from mlflow.exceptions import MlflowException
+
+    uri = tracking_uri(cfg)
+    no_such = UserError(
+        f"resume={resume}: no such checkpoint file, run output dir or MLflow run in "
+        f"{redact(uri)}; name one of those"
+    )
+    db = sqlite_path(uri)
+    if not re.fullmatch(r"[0-9a-f]{32}", resume) or (db is not None and not db.exists()):
+        raise no_such  # not a run id, or no store to hold it: none is created to find out
+    client, _ = connect(cfg)
+    try:
+        run = client.get_run(resume)
+    except MlflowException as err:
+        raise no_such from err
+    local = Path(run.data.tags.get("hydra.output_dir", "")) / "last.pth"
+    if local.is_file():
+        return local
+    try:
+        return Path(client.download_artifacts(resume, "checkpoints/last.pth"))
+    except (MlflowException, OSError) as err:
+        raise UserError(
+            f"resume={resume}: the run has no last.pth in {local.parent} nor in its artifacts "
+            "(checkpoint.log_to_mlflow=true uploads them)"
+        ) from err
+
+
+def download_model_files(source: str, uri: str | None) -> tuple[Path, str]:
+    """Download a run's model.pth (or the artifact `runs:/<id>/<path>` names), config.yaml and
+    data.json; (the model file's path, run id)."""
+    from mlflow import MlflowClient
+    from mlflow.exceptions import MlflowException
+
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+    run_id, _, artifact = source.removeprefix("runs:/").partition("/")
+    store = store_of(uri)
+    client = MlflowClient(store)
+    dst = Path(tempfile.mkdtemp(prefix="mnistlab-"))
+    try:
+        client.get_run(run_id)
+        path = Path(client.download_artifacts(run_id, artifact or "model.pth", str(dst)))
+        for name in ("config.yaml", "data.json"):
+            client.download_artifacts(run_id, name, str(path.parent))
+    except (MlflowException, OSError) as err:
+        raise UserError(
+            f"{source}: no such MLflow run or artifact in {redact(store)}; "
+            "name a run output dir, a .pth file, runs:/<run_id>/model.pth or a run id "
+            "(and --tracking-uri)"
+        ) from err
+    return path, run_id
+
+
+def log_results(run_id: str, uri: str | None, metrics: dict[str, float], files: Any) -> None:
+    """Add metrics and files (an evaluation's) to an existing run."""
+    from mlflow import MlflowClient
+
+    client = MlflowClient(store_of(uri))
+    for key, value in metrics.items():
+        client.log_metric(run_id, key, value)
+    for path, artifact_path in files:
+        client.log_artifact(run_id, str(path), artifact_path)

@@ -1,0 +1,204 @@
+"""The MLflow store: which one (`tracking_uri`), whether it can be used (checked once per
+process), and opening it (`connect`). Passwords in store URIs are never shown (`redact`)."""
+
+import contextlib
+import os
+import re
+import sqlite3
+import time
+from collections.abc import Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlparse
+
+from omegaconf import DictConfig
+
+from mnistlab.config import launch_dir
+from mnistlab.errors import UserError
+
+SQLITE_PREFIX = "sqlite:///"
+STORE_SCHEMES = {"sqlite", "postgresql", "mysql", "mssql", "http", "https", "databricks"}
+_checked: set[str] = set()  # store URIs this process has checked already
+
+
+def tracking_uri(cfg: DictConfig) -> str:
+    """The store: `mlflow.tracking_uri` (or MLFLOW_TRACKING_URI), else sqlite in mlruns/ of the
+    folder the user launched from; a relative SQLite path means that folder too."""
+    uri = cfg.mlflow.tracking_uri or f"{SQLITE_PREFIX}mlruns/mlflow.db"
+    db = sqlite_path(uri)
+    return f"{SQLITE_PREFIX}{launch_dir() / db}" if db and not db.is_absolute() else uri
+
+
+def redact(text: str) -> str:
+    """`text` with the password of any URI in it replaced, fit to print or log."""
+    return re.sub(r"//([^/@:\s]+):[^/@\s]*@", r"//\1:***@", text)
+
+
+def sqlite_path(uri: str) -> Path | None:
+    """The database file of a `sqlite:///` store URI, None for any other store."""
+    return Path(uri[len(SQLITE_PREFIX) :]) if uri.startswith(SQLITE_PREFIX) else None
+
+
+def check_sqlite(uri: str) -> None:
+    """Raise UserError if the SQLite file of a `sqlite:///` store exists but is no database."""
+    db = sqlite_path(uri)
+    if db is None or not db.is_file():
+        return
+    try:
+        with contextlib.closing(sqlite3.connect(f"file:{db}?mode=ro", uri=True)) as con:
+            con.execute("PRAGMA schema_version").fetchone()
+    except sqlite3.DatabaseError as err:
+        raise UserError(
+            f"mlflow.tracking_uri={uri}: {db} is not a readable SQLite database ({err}); move it "
+            f"aside (mv {db} {db}.bad) to start a new store, or point mlflow.tracking_uri elsewhere"
+        ) from None
+
+
+def check_scheme(uri: str) -> None:
+    """Raise UserError for a store URI MLflow 3 will not open: an unknown scheme, or a folder
+    (the file store, which MLflow now refuses unless MLFLOW_ALLOW_FILE_STORE=true)."""
+    scheme = urlparse(uri).scheme.split("+")[0]
+    if scheme in ("", "file"):
+        if os.environ.get("MLFLOW_ALLOW_FILE_STORE", "").lower() == "true":
+            return
+        folder = uri.removeprefix("file://")
+        raise UserError(
+            f"mlflow.tracking_uri={redact(uri)}: MLflow 3 refuses a folder (file store) by "
+            f"default; use a SQLite store in it, mlflow.tracking_uri=sqlite:///{Path(folder).absolute()}"
+            "/mlflow.db (or set MLFLOW_ALLOW_FILE_STORE=true)"
+        )
+    if scheme not in STORE_SCHEMES:
+        raise UserError(
+            f"mlflow.tracking_uri={redact(uri)}: unknown store scheme {scheme!r}; use one of "
+            "sqlite:///path/mlflow.db, postgresql://..., mysql://..., http://host:port"
+        )
+
+
+def server_problem(uri: str, timeout: float = 3.0) -> str | None:
+    """Why the MLflow server of an http(s) store does not answer /health (MLflow's own client
+    would retry one request for about 4 minutes); None if it does, or the store is no server."""
+    if not uri.startswith(("http://", "https://")):
+        return None
+    import requests
+
+    try:
+        reply = requests.get(f"{uri.rstrip('/')}/health", timeout=timeout)
+    except requests.RequestException as err:
+        return type(err).__name__
+    return None if reply.ok else f"HTTP {reply.status_code} from /health"
+
+
+def check_server(uri: str, wait_s: float = 10.0) -> None:
+    """Raise UserError unless the store's server (if it has one) answers within `wait_s`."""
+    deadline = time.monotonic() + wait_s
+    while (problem := server_problem(uri)) is not None and time.monotonic() < deadline:
+        time.sleep(0.5)
+    if problem is None:
+        return
+    raise UserError(
+        f"mlflow.tracking_uri={redact(uri)}: no MLflow server answers there ({problem}); start one "
+        "(mlflow server --host 127.0.0.1 --port 5000 --backend-store-uri sqlite:///mlruns/mlflow.db)"
+        " or record runs locally in ./mlruns with mlflow=local"
+    )
+
+
+def check_store(uri: str) -> None:
+    """Check, once per process, that MLflow can use the store: a known scheme, a SQLite file
+    that is a database, a server that answers. Raise UserError naming the fix otherwise."""
+    if uri in _checked:
+        return
+    check_scheme(uri)
+    check_sqlite(uri)
+    check_server(uri)
+    _checked.add(uri)
+
+
+def artifact_root(uri: str) -> str | None:
+    """A new experiment's artifact root: `artifacts/` beside a SQLite file, else the server's."""
+    db = sqlite_path(uri)
+    if db is None:
+        return None
+    db = db.resolve()
+    db.parent.mkdir(parents=True, exist_ok=True)
+    return (db.parent / "artifacts").as_uri()
+
+
+def how_to_open(uri: str, experiment_id: str, run_id: str) -> str:
+    """The exact command (or address) that shows a run in the MLflow UI."""
+    page = f"#/experiments/{experiment_id}/runs/{run_id}"
+    db = sqlite_path(uri)
+    if db is not None:
+        here = launch_dir()
+        store = f"sqlite:///{db.relative_to(here)}" if db.is_relative_to(here) else uri
+        return f"mlflow ui --backend-store-uri {store} --host 127.0.0.1, then open http://127.0.0.1:5000/{page}"
+    return f"open {redact(uri).rstrip('/')}/{page}"
+
+
+def get_experiment_id(client: Any, name: str, uri: str) -> str:
+    """The id of experiment `name`, creating it (with artifacts beside a SQLite store) if needed."""
+    from mlflow.exceptions import MlflowException
+
+    experiment = client.get_experiment_by_name(name)
+    if experiment is not None:
+        return experiment.experiment_id
+    try:
+        return client.create_experiment(name, artifact_location=artifact_root(uri))
+    except MlflowException:  # another process created it first
+        return client.get_experiment_by_name(name).experiment_id
+
+
+@contextmanager
+def store_lock(db: Path | None) -> Iterator[None]:
+    """Hold an exclusive lock beside a SQLite store while it may be created or upgraded: MLflow's
+    schema setup fails when two processes open a new store at once."""
+    try:
+        import fcntl
+    except ImportError:  # not on Windows
+        fcntl = None
+    if db is None or fcntl is None:
+        yield
+        return
+    db.parent.mkdir(parents=True, exist_ok=True)
+    with open(db.parent / f".{db.name}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        yield
+
+
+def connect(cfg: DictConfig) -> tuple[Any, str]:
+    """Import MLflow and open the store and experiment (creating them if new): (client, id)."""
+    import mlflow
+    from mlflow import MlflowClient
+    from mlflow.exceptions import MlflowException
+    from sqlalchemy.exc import SQLAlchemyError
+
+    uri = tracking_uri(cfg)
+    check_store(uri)
+    mlflow.set_tracking_uri(uri)  # for MLflow calls that take no client, like Model.log
+    db = sqlite_path(uri)
+    try:
+        with store_lock(db):  # the first process creates the store, the others wait for it
+            client = MlflowClient(tracking_uri=uri)
+            experiment_id = get_experiment_id(client, cfg.mlflow.experiment, uri)
+            if db is not None:  # WAL: parallel runs write while others read
+                with sqlite3.connect(db, timeout=30) as con:
+                    con.execute("PRAGMA journal_mode=WAL")
+    except (ImportError, MlflowException, SQLAlchemyError) as err:  # no driver, a refusing DB
+        reason = " ".join(f"{type(err).__name__}: {err}".split())[:300]
+        raise UserError(
+            f"mlflow.tracking_uri={redact(uri)}: MLflow cannot open this store ({redact(reason)}); "
+            "check the address and credentials, and install the database's driver "
+            "(e.g. pip install 'psycopg[binary]' for postgresql, mysqlclient for mysql)"
+        ) from err
+    mlflow.set_experiment(experiment_id=experiment_id)  # where Model.log puts logged models
+    return client, experiment_id
+
+
+def connect_in_background(cfg: DictConfig) -> Future:
+    """Run `connect` in a thread, so MLflow's import and store setup overlap loading torch and
+    the data (about 2 s of a fresh run's start-up)."""
+    pool = ThreadPoolExecutor(1, thread_name_prefix="mlflow-connect")
+    future = pool.submit(connect, cfg)
+    pool.shutdown(wait=False)
+    return future

@@ -1,0 +1,193 @@
+"""The tracker the training loop talks to: log an epoch, log an artifact, log the model.
+
+`MlflowTracker` keeps each epoch's metrics in `metrics.jsonl` in the output dir first, then sends
+them to the store in one batch from a background thread, which waits out a tracking server that
+has gone away while training goes on; artifacts and the model queue behind the metrics. `open_run`
+(in `mnistlab.tracking.run`) opens and closes it. `NoTracker` logs nothing (torchrun's other
+ranks).
+"""
+
+import contextlib
+import json
+import logging
+import os
+import queue
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, Protocol
+
+from mnistlab.errors import TrackingUnavailable
+from mnistlab.tracking.store import redact, server_problem
+
+log = logging.getLogger(__name__)
+
+
+class Tracker(Protocol):
+    """What the training loop records a run through."""
+
+    run_id: str | None
+
+    def log_epoch(self, epoch: int, metrics: dict[str, float], step_losses: list) -> None:
+        """Record an epoch's metrics (step = epoch) and its `train/step_loss` points."""
+
+    def log_artifact(self, path: Path, artifact_path: str | None = None) -> None:
+        """Add a file, or a folder's contents, to the run's artifacts."""
+
+    def log_model(self, model: Any, example: Any) -> None:
+        """Add the trained model, as an MLflow model ready for the registry."""
+
+
+class NoTracker:
+    """The tracker of a torchrun rank other than 0: it logs nothing (rank 0 logs for all)."""
+
+    run_id = None
+
+    def log_epoch(self, epoch: int, metrics: dict[str, float], step_losses: list) -> None:
+        """Log nothing."""
+
+    def log_artifact(self, path: Path, artifact_path: str | None = None) -> None:
+        """Log nothing."""
+
+    def log_model(self, model: Any, example: Any) -> None:
+        """Log nothing."""
+
+
+class MlflowTracker:
+    """A live MLflow run, fed through its journal and a background sender."""
+
+    def __init__(
+        self,
+        client: Any,
+        run_id: str,
+        experiment_id: str,
+        uri: str,
+        output_dir: Path,
+        wait_s: float,
+    ):
+        self.client, self.run_id, self.experiment_id, self.uri = client, run_id, experiment_id, uri
+        self.wait_s = wait_s  # how long `flush` waits for a store that has gone away
+        self.journal = output_dir / "metrics.jsonl"
+        self.failure: str | None = None  # why the last attempt failed, while batches wait
+        self.logged = 0  # the last epoch the store had when the run was (re)opened
+        self._queue: queue.Queue = queue.Queue()
+        threading.Thread(target=self._send_forever, name="mlflow-sender", daemon=True).start()
+
+    def _send_forever(self) -> None:
+        while True:
+            send = self._queue.get()
+            while not self._try_send(send):
+                time.sleep(1.0)
+            self._queue.task_done()
+
+    def _try_send(self, send: Callable[[], None]) -> bool:
+        problem = server_problem(self.uri, timeout=2)
+        if problem is not None:
+            return self._failed(f"server unreachable: {problem}")
+        try:
+            send()
+        except Exception as err:
+            return self._failed(f"{type(err).__name__}: {' '.join(str(err).split())[:200]}")
+        if self.failure:
+            log.info(f"MLflow store reachable again: sending buffered metrics ({self.unsent} left)")
+            self.failure = None
+        return True
+
+    def _failed(self, reason: str) -> bool:
+        reason = redact(reason)  # MLflow's messages carry the URI, password and all
+        if self.failure is None:
+            log.warning(f"MLflow: {reason}; training goes on, metrics wait in {self.journal}")
+        self.failure = reason
+        return False
+
+    def log_epoch(self, epoch: int, metrics: dict[str, float], step_losses: list) -> None:
+        """Keep the epoch in the journal, then queue it for the store as one batch (an epoch the
+        store had before a resume is not sent twice)."""
+        if epoch <= self.logged:
+            return
+        record = {"epoch": epoch, "metrics": metrics, "step_losses": step_losses}
+        with open(self.journal, "a") as f:
+            f.write(json.dumps(record) + "\n")
+            f.flush()
+            os.fsync(f.fileno())
+        if self.unsent and self.failure is None:  # the sender may be deep in MLflow's retries
+            problem = server_problem(self.uri, timeout=2)
+            if problem is not None:
+                self._failed(f"server unreachable: {problem}")
+        self._queue_record(record)
+
+    def _queue_record(self, record: dict) -> None:
+        from mlflow.entities import Metric
+
+        now, epoch = int(time.time() * 1000), record["epoch"]
+        batch = [Metric(k, float(v), now, epoch) for k, v in record["metrics"].items()]
+        batch += [Metric("train/step_loss", v, now, step) for step, v in record["step_losses"]]
+        self._queue.put(lambda: self.client.log_batch(self.run_id, metrics=batch, synchronous=True))
+
+    def log_artifact(self, path: Path, artifact_path: str | None = None) -> None:
+        """Queue a file, or a folder's contents, for the run's artifacts, behind the metrics: an
+        upload waits for a missing server in the sender, not in the training loop."""
+        self._queue.put(lambda: self._upload(path, artifact_path))
+
+    def _upload(self, path: Path, artifact_path: str | None) -> None:
+        if path.is_dir():
+            self.client.log_artifacts(self.run_id, str(path), artifact_path)
+        elif path.exists():
+            self.client.log_artifact(self.run_id, str(path), artifact_path)
+
+    def log_model(self, model: Any, example: Any) -> None:
+        """Log `model` as an MLflow PyTorch model "model", ready for the Model Registry and
+        `mlflow.pytorch.load_model`, once the store has everything queued before it."""
+        import mlflow.pytorch
+        import torch
+        from mlflow.models import Model
+
+        self.flush()
+        version = torch.__version__.split("+")[0]
+        info = Model.log(  # mlflow.pytorch.log_model, for a run that is not the active run
+            artifact_path=None,
+            name="model",
+            flavor=mlflow.pytorch,
+            run_id=self.run_id,
+            pytorch_model=model.cpu().eval(),
+            input_example=example.cpu().numpy(),  # a batch of 2 keeps the batch size dynamic
+            pip_requirements=[f"torch=={version}"],  # inferring them costs seconds
+        )
+        self.client.set_tag(self.run_id, "model_uri", info.model_uri)  # for load_model(this)
+
+    @property
+    def unsent(self) -> int:
+        """Epoch batches and uploads not yet in the store."""
+        return self._queue.unfinished_tasks
+
+    def catch_up(self, upto: int | None = None) -> None:
+        """Queue the journal's epochs (up to `upto`, else all) that the store lacks (the server
+        was away, or the process was killed before they went out)."""
+        history = self.client.get_metric_history(self.run_id, "epoch_time_s")
+        self.logged = max((m.step for m in history), default=0)
+        records = {}
+        if self.journal.exists():
+            for line in self.journal.read_text().splitlines():
+                with contextlib.suppress(ValueError):  # a line cut short by a kill
+                    record = json.loads(line)
+                    records[record["epoch"]] = record
+        for epoch in sorted(records):
+            if self.logged < epoch and (upto is None or epoch <= upto):
+                self._queue_record(records[epoch])
+
+    def flush(self) -> None:
+        """Wait until the store has everything queued; raise TrackingUnavailable after `wait_s`
+        (mlflow.offline_wait_s)."""
+        wait_s = self.wait_s
+        deadline = time.monotonic() + wait_s
+        while self.unsent and time.monotonic() < deadline:
+            time.sleep(0.05)
+        if self.unsent:
+            raise TrackingUnavailable(
+                f"MLflow store {redact(self.uri)} unreachable for {wait_s:g} s "
+                f"(mlflow.offline_wait_s; {self.failure}): {self.unsent} uploads did not reach "
+                f"it; every epoch's metrics are kept in {self.journal}, the run stays RUNNING "
+                f"there. Once it is back, send them and finish the run with: "
+                f"python -m train resume={self.journal.parent}"
+            )
