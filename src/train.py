@@ -15,7 +15,7 @@ import hydra
 from omegaconf import DictConfig
 
 from mnistlab import tracking
-from mnistlab.cli import check_command_line, exit_on_error
+from mnistlab.cli import check_command_line, exit_on_error, jobs_checked
 from mnistlab.config import CONF_DIR, register, validate
 
 register()
@@ -25,12 +25,11 @@ register()
 def main(cfg: DictConfig) -> float:
     """Train one run and return its best val accuracy (the objective a sweeper maximises).
 
-    Every job of the basic sweeper was checked before Hydra started; a job whose values come
-    from another sweeper (Optuna's) is checked here. In a sweep a failed job is recorded and
-    answers NaN, so the other jobs still run.
+    Its config is checked here unless the command line's check did it before Hydra started.
+    In a sweep a failed job is recorded and answers NaN, so the other jobs still run.
     """
     try:
-        if tracking.in_multirun() and not tracking.basic_sweep():
+        if not jobs_checked():
             validate(cfg)
         from mnistlab.recipe import run
 

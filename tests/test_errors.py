@@ -85,6 +85,11 @@ SYNTH = ["data=synthetic", "device=cpu", "epochs=1"]
             "Error: model.channels: Invalid value assigned: "
             "int is not a ListConfig, list or tuple; use a list of channel counts >= 1",
         ),
+        (
+            ["model=cnn", "model.channels=[8,8,8,8,8]"],  # valid values, impossible for 28x28
+            2,
+            "Error: model.channels=[8,8,8,8,8]: 5 pooling blocks halve a 28x28 input to nothing",
+        ),
         (["optimizer=sgd", "lr=1e6"], 1, "Error: train loss is"),  # the run exists, FAILED
     ],
 )

@@ -136,3 +136,19 @@ def test_submitit_local_jobs_attach_to_the_parent(tmp_path):
     assert sorted(r.info.run_name for r in children.values()) == ["lr=0.001", "lr=0.01"]
     assert all(r.info.status == "FINISHED" for r in children.values())
     check_best(client, parent, children)
+
+
+def test_hydras_sweep_functions_pass_the_check_and_run_as_hydra_expands_them(tmp_path):
+    # glob() once failed the check before Hydra started ("ConfigLoader is not set");
+    # tests/test_sweep_grammar.py compares every grammar form with Hydra's own sweeper
+    args = ["optimizer=glob(*,exclude=adamw)", "seed=range(1,2)", "batch_size=choice(64)"]
+    result = run_cli(["-m", *args, *FAST, "epochs=1"], cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    _, parent, children = sweep_record(tmp_path)
+    assert parent.info.status == "FINISHED"
+    assert sorted(r.data.params["optimizer"] for r in children.values()) == ["adam", "sgd"]
+    (tmp_path / "bad").mkdir()
+    bad = run_cli(["-m", "lr=interval(1e-4,1e-2)", *FAST], cwd=tmp_path / "bad")
+    assert bad.returncode == 2 and bad.stderr.strip().splitlines() == [
+        "Error: BasicSweeper does not support sweep type : INTERVAL_SWEEP"
+    ], bad.stderr

@@ -221,3 +221,63 @@ def test_opening_the_run_while_mlflow_loads_in_the_background_is_safe(tmp_path, 
     assert proc.returncode == 0, proc.stderr[-3000:]
     _, run = only_run(f"sqlite:///{tmp_path}/mlflow.db")
     assert run.info.run_id == proc.stdout.split()[-1] and run.info.status == "FINISHED"
+
+
+USER_MODEL = '''
+from typing import Annotated
+
+from torch import nn
+
+from mnistlab.options import Check
+
+
+class Tiny(nn.Module):
+    """A user's own model, outside the package."""
+
+    def __init__(
+        self, in_shape, num_classes, width: Annotated[int, Check(lambda v: v >= 1, "a width >= 1")]
+    ):
+        super().__init__()
+        self.net = nn.Sequential(nn.Flatten(), nn.Linear(28 * 28, width), nn.ReLU(),
+                                 nn.Linear(width, num_classes))
+
+    def forward(self, x):
+        return self.net(x)
+'''
+
+
+def test_a_users_own_model_in_their_own_folder_trains_and_is_checked_by_its_signature(tmp_path):
+    (tmp_path / "my_models.py").write_text(USER_MODEL)
+    (tmp_path / "my_conf" / "model").mkdir(parents=True)
+    (tmp_path / "my_conf" / "model" / "tiny.yaml").write_text(
+        "_target_: my_models.Tiny  # my class\nwidth: 32  # hidden units\n"
+    )
+    args = ["--config-dir", "my_conf", "model=tiny", *FAST, "epochs=1"]
+    result = run_cli(args, cwd=tmp_path, PYTHONPATH=str(tmp_path))
+    assert result.returncode == 0, result.stderr[-3000:]
+    _, run = only_run(f"sqlite:///{tmp_path / 'mlruns' / 'mlflow.db'}")
+    assert run.info.status == "FINISHED" and run.data.params["model.width"] == "32"
+    for bad, message in [
+        ("model.width=abc", "Error: model.width: Value 'abc' of type 'str' could not be converted"),
+        ("model.width=0", "Error: model.width=0 is invalid: use a width >= 1"),
+        ("+model.wdth=3", "Error: model.wdth is not a known key: did you mean model.width?"),
+    ]:
+        result = run_cli([*args, bad], cwd=tmp_path, PYTHONPATH=str(tmp_path))
+        assert result.returncode == 2 and len(result.stderr.strip().splitlines()) == 1, (
+            result.stderr
+        )
+        assert result.stderr.startswith(message), result.stderr[-2000:]
+    assert only_run(f"sqlite:///{tmp_path / 'mlruns' / 'mlflow.db'}")  # no run for the mistakes
+
+
+def test_relative_paths_mean_the_launch_folder_with_hydra_job_chdir(tmp_path):
+    chdir = [*FAST, "epochs=1", "hydra.job.chdir=true"]
+    result = run_cli(chdir, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    client, run = only_run(f"sqlite:///{tmp_path / 'mlruns' / 'mlflow.db'}")  # not in the run dir
+    run_dir = Path(run.data.tags["hydra.output_dir"])
+    assert run_dir.parent.parent == tmp_path / "outputs" and not (run_dir / "mlruns").exists()
+    relative = run_dir.relative_to(tmp_path)  # resume= of a relative path, from the job's dir
+    result = run_cli([f"resume={relative}", "hydra.job.chdir=true"], cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert only_run(f"sqlite:///{tmp_path / 'mlruns' / 'mlflow.db'}")[1].info.status == "FINISHED"

@@ -2,6 +2,7 @@
 `python -m train`'s check of every job's config before Hydra starts."""
 
 import difflib
+import os
 import sys
 import tempfile
 from collections.abc import Callable
@@ -12,8 +13,11 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 
 from mnistlab import tracking
-from mnistlab.config import compose, rule_of, validate
+from mnistlab.config import CONF_DIR, compose, rule_of, validate
 from mnistlab.errors import UserError, exit_code, one_line
+from mnistlab.jobs import sweep_jobs
+
+CHECKED_ENV = "MNISTLAB_JOBS_CHECKED"  # set once every job's config passed `validate`
 
 EXTRAS = {"hydra/launcher=ray": "ray"}  # options that an optional extra of mnistlab installs
 HYDRA_FLAGS = {  # Hydra's own command-line flags, with their short forms
@@ -66,10 +70,10 @@ def explain(err: Exception) -> str:
     while cause.__cause__ is not None and not isinstance(cause, OmegaConfBaseException):
         cause = cause.__cause__
     if isinstance(cause, ConfigAttributeError) and cause.full_key:
-        schema, key, parent = cause.object_type, cause.full_key, cause.parent_node
+        schema, key, node = cause.object_type, cause.full_key, cause.parent_node
         known = [f.name for f in fields(schema)] if is_dataclass(schema) else []
-        if not known and parent is not None:  # a component's node: its YAML's keys
-            known = [str(k) for k in parent.keys()]
+        if not known and node is not None:  # a component's node: its YAML's keys
+            known = [str(k) for k in node]
         near = difflib.get_close_matches(key.rsplit(".", 1)[-1], known, n=1)
         parent = key.rsplit(".", 1)[0] + "." if "." in key else ""
         return f"{key} is not a known key: " + (
@@ -118,13 +122,21 @@ def check_outputs(cfg: DictConfig, multirun: bool) -> None:
     tracking.check_store(uri)
 
 
+def jobs_checked() -> bool:
+    """Whether this job's config was validated before Hydra started: the basic sweeper's jobs
+    were; a job of another sweeper (Optuna's values), or of a command line with Hydra's flags
+    (--config-dir), was not."""
+    return os.environ.get(CHECKED_ENV) == "1" and (
+        not tracking.in_multirun() or tracking.basic_sweep()
+    )
+
+
 def check_command_line(argv: list[str]) -> None:
     """Compose and validate the config of every job the command line asks for, before Hydra
     starts and before any MLflow run exists; raise UserError naming the first mistake.
 
     Command lines with Hydra's own flags (--help, --cfg, -c, ...) are left to Hydra.
     """
-    from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
     from hydra.core.override_parser.overrides_parser import OverridesParser
     from hydra.errors import HydraException
     from omegaconf.errors import OmegaConfBaseException
@@ -141,9 +153,10 @@ def check_command_line(argv: list[str]) -> None:
         return
     try:
         jobs = [overrides]
-        if multirun:
+        if multirun:  # every job of the sweep, with the command line's hydra.* settings
             parsed = OverridesParser.create().parse_overrides(overrides)
-            jobs = BasicSweeper.split_arguments(parsed, None)[0][:1000]
+            settings = [o.input_line for o in parsed if o.is_hydra_override()]
+            jobs = [settings + job for job in sweep_jobs(overrides, CONF_DIR, max_jobs=1000)]
         stores = {}
         for job in jobs:
             cfg = compose(job)
@@ -151,6 +164,7 @@ def check_command_line(argv: list[str]) -> None:
             stores.setdefault(str(cfg.mlflow.tracking_uri), cfg)
         for cfg in stores.values():  # once every job's config is known good
             check_outputs(cfg, multirun)
+        os.environ[CHECKED_ENV] = "1"  # for the jobs, here or in a launcher's workers
     except UserError:
         raise
     except (HydraException, OmegaConfBaseException) as err:

@@ -114,8 +114,9 @@ def register() -> None:
     """Register the schemas that conf/*.yaml extend through their defaults lists."""
     cs = ConfigStore.instance()
     cs.store(name="config_schema", node=Config)
-    cs.store(group="optimizer", name="adam_schema", node=AdamConfig)
-    cs.store(group="optimizer", name="sgd_schema", node=SGDConfig)
+    # in a group of their own, so `optimizer=glob(*)` and --help list only real options
+    cs.store(group="schema/optimizer", name="adam", node=AdamConfig)
+    cs.store(group="schema/optimizer", name="sgd", node=SGDConfig)
 
 
 def compose(overrides: list[str] | None = None) -> DictConfig:
@@ -175,6 +176,8 @@ def check_fields(node: DictConfig, prefix: str = "") -> None:
                 raise not_known(str(key), prefix, list(declared))
         for name, f in declared.items():
             rule = f.metadata.get("check")
+            if name in node and OmegaConf.is_missing(node, name):
+                raise UserError(f"{prefix}{name} is not set: give it a value, {prefix}{name}=...")
             value = _plain(node, name) if name in node else None
             if rule and not rule.passes(value):
                 raise invalid(f"{prefix}{name}", value, rule.allowed)

@@ -56,8 +56,9 @@ class CNN(nn.Module):
         most = min(height, width).bit_length() - 1  # each block halves height and width
         if len(channels) > most:
             raise ValueError(
-                f"channels={list(channels)}: {len(channels)} pooling blocks halve a "
-                f"{height}x{width} input to nothing; use at most {most} entries, or larger images"
+                f"channels={str(list(channels)).replace(' ', '')}: {len(channels)} pooling "
+                f"blocks halve a {height}x{width} input to nothing; use at most {most} entries, "
+                "or larger images"
             )
         blocks: list[nn.Module] = []
         for out_channels in channels:

@@ -65,11 +65,11 @@ def run(cfg: DictConfig, output_dir: str | Path | None = None) -> float:
     start = prepare(cfg, output_dir)
     if start.finished is not None:
         return start.finished
-    cfg, output_dir, main = start.cfg, start.output_dir, distributed.is_main()
+    cfg, output_dir, rank0 = start.cfg, start.output_dir, distributed.is_main()
     key, then = (
         (f"resume={cfg.resume}", "resume") if start.checkpoint else ("hydra.run.dir", "rerun")
     )
-    claim = tracking.Claim(output_dir, key, then) if main else None  # rank 0 records the run
+    claim = tracking.Claim(output_dir, key, then) if rank0 else None  # rank 0 records the run
     with claim or contextlib.nullcontext():
         save_hydra_files(cfg, output_dir)
         seed_everything(cfg.seed)
@@ -89,7 +89,7 @@ def run(cfg: DictConfig, output_dir: str | Path | None = None) -> float:
         ):
             fit(cfg, parts, state, tracker, stop, output_dir)
             distributed.teardown()
-            if not main:  # the other ranks are done: rank 0 writes the outputs
+            if not rank0:  # the other ranks are done: rank 0 writes the outputs
                 return state.best_val_acc
             finish(cfg, parts, state, tracker, output_dir)
     log.info(f"Best val acc {state.best_val_acc:.4f}; outputs in {output_dir}")

@@ -13,6 +13,9 @@ The one way in: the rest of mnistlab imports `mnistlab.tracking` and uses these 
   `existing_store`, and for comparisons `run_row`, `child_rows`.
 """
 
+from pathlib import Path
+from typing import Any, Protocol
+
 from mnistlab.tracking.guard import Claim
 from mnistlab.tracking.lookup import (
     download_model_files,
@@ -42,7 +45,37 @@ from mnistlab.tracking.sweep import (
     job_failed,
     threads_per_job,
 )
-from mnistlab.tracking.tracker import NoTracker, Tracker
+
+
+class Tracker(Protocol):
+    """What the training loop records a run through."""
+
+    run_id: str | None
+
+    def log_epoch(self, epoch: int, metrics: dict[str, float], step_losses: list) -> None:
+        """Record an epoch's metrics (step = epoch) and its `train/step_loss` points."""
+
+    def log_artifact(self, path: Path, artifact_path: str | None = None) -> None:
+        """Add a file, or a folder's contents, to the run's artifacts."""
+
+    def log_model(self, model: Any, example: Any) -> None:
+        """Add the trained model, as an MLflow model ready for the registry."""
+
+
+class NoTracker:
+    """The tracker of a torchrun rank other than 0: it logs nothing (rank 0 logs for all)."""
+
+    run_id = None
+
+    def log_epoch(self, epoch: int, metrics: dict[str, float], step_losses: list) -> None:
+        """Log nothing."""
+
+    def log_artifact(self, path: Path, artifact_path: str | None = None) -> None:
+        """Log nothing."""
+
+    def log_model(self, model: Any, example: Any) -> None:
+        """Log nothing."""
+
 
 __all__ = [
     "Claim",

@@ -1,10 +1,10 @@
-"""The tracker the training loop talks to: log an epoch, log an artifact, log the model.
+"""`MlflowTracker`, the MLflow implementation of the Tracker (`mnistlab.tracking.Tracker`).
 
-`MlflowTracker` keeps each epoch's metrics in `metrics.jsonl` in the output dir first, then sends
+It keeps each epoch's metrics in `metrics.jsonl` in the output dir first, then sends
 them to the store in one batch from a background thread, which waits out a tracking server that
-has gone away while training goes on; artifacts and the model queue behind the metrics. `open_run`
-(in `mnistlab.tracking.run`) opens and closes it. `NoTracker` logs nothing (torchrun's other
-ranks).
+has gone away while training goes on. Artifacts queue behind the metrics; the model is logged
+once everything before it is in the store. `open_run` (in `mnistlab.tracking.run`) opens and
+closes it.
 """
 
 import contextlib
@@ -16,42 +16,12 @@ import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 from mnistlab.errors import TrackingUnavailable
 from mnistlab.tracking.store import redact, server_problem
 
 log = logging.getLogger(__name__)
-
-
-class Tracker(Protocol):
-    """What the training loop records a run through."""
-
-    run_id: str | None
-
-    def log_epoch(self, epoch: int, metrics: dict[str, float], step_losses: list) -> None:
-        """Record an epoch's metrics (step = epoch) and its `train/step_loss` points."""
-
-    def log_artifact(self, path: Path, artifact_path: str | None = None) -> None:
-        """Add a file, or a folder's contents, to the run's artifacts."""
-
-    def log_model(self, model: Any, example: Any) -> None:
-        """Add the trained model, as an MLflow model ready for the registry."""
-
-
-class NoTracker:
-    """The tracker of a torchrun rank other than 0: it logs nothing (rank 0 logs for all)."""
-
-    run_id = None
-
-    def log_epoch(self, epoch: int, metrics: dict[str, float], step_losses: list) -> None:
-        """Log nothing."""
-
-    def log_artifact(self, path: Path, artifact_path: str | None = None) -> None:
-        """Log nothing."""
-
-    def log_model(self, model: Any, example: Any) -> None:
-        """Log nothing."""
 
 
 class MlflowTracker:

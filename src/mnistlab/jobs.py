@@ -1,0 +1,117 @@
+"""The jobs of a Hydra multirun (`-m`) command line, expanded before Hydra starts.
+
+`sweep_jobs` answers, for a list of command-line overrides, the override list of every job that
+Hydra's basic sweeper would launch: same jobs, same order, same strings. It follows Hydra 1.3's
+`Hydra.multirun` and `BasicSweeper.sweep` step by step, with Hydra's own code wherever it can:
+
+1. the primary config is composed in MULTIRUN mode by a real `ConfigLoaderImpl` (Hydra's parser
+   errors, "Sweeping over Hydra's configuration is not supported", unknown keys and options);
+2. the sweeper's arguments are that config's `hydra.overrides.task` (the overrides that are not
+   `hydra.*` / `hydra/*`), after the basic sweeper's `hydra.sweeper.params`;
+3. they are parsed by an `OverridesParser` that holds the config loader, so `glob(...)` lists the
+   options of its config group as Hydra's sweeper does (from the config dirs and the ConfigStore);
+4. each override's values are enumerated as `BasicSweeper.split_arguments` does, and their
+   cartesian product is taken, lazily, so that `max_jobs` bounds the work.
+
+Errors propagate as Hydra raises them (OverrideParseException, ConfigCompositionException,
+MissingConfigException, HydraException, ValueError, ...). No torch, no MLflow.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+from collections.abc import Iterator
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from hydra._internal.config_loader_impl import ConfigLoaderImpl
+    from hydra.core.override_parser.types import Override
+    from omegaconf import DictConfig
+
+BASIC_SWEEPER = "hydra._internal.core_plugins.basic_sweeper.BasicSweeper"
+
+
+def _config_loader(config_dir: str, search_path: list[str] | None) -> ConfigLoaderImpl:
+    """Hydra's config loader for `config_dir` (the app's config_path) and the extra config dirs
+    that `--config-dir` adds: file paths (made absolute) or `pkg://` / `file://` URLs."""
+    from hydra._internal.config_loader_impl import ConfigLoaderImpl
+    from hydra._internal.utils import create_config_search_path
+    from hydra.core.config_search_path import SearchPathQuery
+    from hydra.errors import SearchPathException
+
+    csp = create_config_search_path(os.path.abspath(config_dir))
+    for path in search_path or []:
+        if "://" not in path:
+            path = os.path.abspath(path)
+            if not os.path.isdir(path):  # Hydra's own check and message for --config-dir
+                raise SearchPathException(f"Additional config directory '{path}' not found")
+            path = f"file://{path}"
+        csp.prepend(provider="command-line", path=path, anchor=SearchPathQuery(provider="schema"))
+    return ConfigLoaderImpl(config_search_path=csp)
+
+
+def _sweeper_params(cfg: DictConfig) -> list[str]:
+    """The basic sweeper's `hydra.sweeper.params` as overrides (BasicSweeper._parse_config);
+    none for another sweeper, whose params use its own grammar (e.g. Optuna's intervals)."""
+    from omegaconf import OmegaConf
+
+    sweeper = cfg.hydra.sweeper
+    if sweeper.get("_target_") != BASIC_SWEEPER or sweeper.get("params") is None:
+        return []
+    params = OmegaConf.to_container(sweeper.params, resolve=True)
+    return [f"{key}={value}" for key, value in params.items()]
+
+
+def _values(override: Override, max_values: int) -> list[str]:
+    """The `key=value` strings of one override, in the basic sweeper's order: the first
+    `max_values` of a choice or range sweep, else BasicSweeper's own answer (one element, or
+    its HydraException for a sweep it cannot enumerate, such as interval)."""
+    from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
+
+    if override.is_sweep_override() and override.is_discrete_sweep():
+        key = override.get_key_element()  # as in BasicSweeper.split_arguments
+        values = itertools.islice(override.sweep_string_iterator(), max_values)
+        return [f"{key}={value}" for value in values]
+    return [job[0] for job in BasicSweeper.split_arguments([override], None)[0]]
+
+
+def _product(lists: list[list[str]], max_jobs: int) -> Iterator[list[str]]:
+    """The first `max_jobs` jobs of the cartesian product, the last override varying fastest."""
+    return (list(job) for job in itertools.islice(itertools.product(*lists), max_jobs))
+
+
+def sweep_jobs(
+    overrides: list[str],
+    config_dir: str,
+    config_name: str = "config",
+    max_jobs: int = 1000,
+    search_path: list[str] | None = None,
+) -> list[list[str]]:
+    """Each job's override list for `python APP -m OVERRIDES`, as Hydra's basic sweeper runs it.
+
+    `overrides` are the command line's overrides (no flags); `config_dir` and `config_name` are
+    the app's primary config dir and config; `search_path` lists extra config dirs, as
+    `--config-dir` gives one. The ConfigStore must hold what the configs need, as in the app.
+
+    A job's list holds its task overrides only: Hydra composes each job with the command
+    line's `hydra.*` overrides first (ConfigLoaderImpl.load_sweep_config). Only the first
+    `max_jobs` jobs are built (in Hydra's order), so a huge sweep costs no more than that.
+    """
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from hydra.types import RunMode
+    from omegaconf import OmegaConf
+
+    if max_jobs < 1:
+        raise ValueError(f"max_jobs must be at least 1, got {max_jobs}")
+    loader = _config_loader(config_dir, search_path)
+    cfg = loader.load_configuration(
+        config_name=config_name, overrides=list(overrides), run_mode=RunMode.MULTIRUN
+    )
+    task = OmegaConf.to_container(cfg.hydra.overrides.task, resolve=False)  # as Hydra.multirun
+    arguments = _sweeper_params(cfg) + task
+    parsed = OverridesParser.create(config_loader=loader).parse_overrides(arguments)
+    by_key: dict[str, list[str]] = {}  # a repeated key keeps its first place, takes the last values
+    for override in parsed:
+        by_key[override.get_key_element()] = _values(override, max_jobs)
+    return list(_product(list(by_key.values()), max_jobs))
