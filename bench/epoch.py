@@ -27,8 +27,9 @@ from torchvision.transforms import ToTensor
 from mnistlab.config import compose
 from mnistlab.device import resolve_device
 from mnistlab.loop import TrainState, seed_everything, train_epoch
-from mnistlab.parts import build_part
+from mnistlab.parts import Parts, build_part
 from mnistlab.recipe import loop_settings
+from mnistlab.schedules import Schedule
 
 DEFAULT_ROOT = Path(__file__).resolve().parents[2] / "shared" / "data"
 ROOT = str(Path(os.environ.get("MNISTLAB_DATA", DEFAULT_ROOT)).resolve())
@@ -64,7 +65,8 @@ def mnistlab_epoch(cfg, data) -> float:
     model = model.to(data.device)
     optimizer = build_part(cfg.optimizer, "optimizer", params=model.parameters())
     start = time.perf_counter()
-    train_epoch(model, data, optimizer, TrainState(), loop_settings(cfg))
+    parts = Parts(data, model, model, optimizer, data.device, Schedule())
+    train_epoch(parts, TrainState(), loop_settings(cfg))
     return time.perf_counter() - start
 
 

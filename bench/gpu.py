@@ -43,7 +43,7 @@ def run(overrides: list[str], epochs: int) -> tuple[float, float]:
     for _ in range(epochs):
         sync(parts.device)
         start = time.perf_counter()
-        train_m = train_epoch(parts.net, parts.data, parts.optimizer, state, opts)
+        train_m = train_epoch(parts, state, opts)
         sync(parts.device)
         seconds = time.perf_counter() - start
         state.end_epoch({"train/acc": train_m["acc"], "val/acc": train_m["acc"]})

@@ -17,6 +17,7 @@ from omegaconf import DictConfig
 from mnistlab import tracking
 from mnistlab.cli import check_command_line, exit_on_error, jobs_checked
 from mnistlab.config import CONF_DIR, register, validate
+from mnistlab.errors import UserError
 
 register()
 
@@ -41,6 +42,34 @@ def main(cfg: DictConfig) -> float:
         raise
 
 
+def expand_repeats(argv: list[str]) -> list[str]:
+    """`repeats=N` (N >= 2) as a seed sweep: `seed=S,S+1,...,S+N-1` (S: the `seed=` given, else
+    0), with `-m` added. It cannot be combined with a seed sweep (which already names the
+    seeds) nor with Optuna (whose trials pick their own values, one at a time)."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    found = [a for a in argv if a.startswith("repeats=")]
+    try:
+        n = int(found[-1].split("=", 1)[1]) if found else 1
+    except ValueError:
+        return argv  # the config check names the bad value
+    if n < 2 or any(a.startswith(("--cfg", "-c", "--info", "-h", "--help")) for a in argv):
+        return argv
+    seeds = [a for a in argv if a.split("=", 1)[0] in ("seed", "+seed", "++seed")]
+    if seeds and OverridesParser.create().parse_override(seeds[-1]).is_sweep_override():
+        raise UserError(f"repeats={n} with {seeds[-1]}: both choose the seeds; give one seed "
+                        f"(seed=0 repeats={n}) or drop repeats")  # fmt: skip
+    if any("optuna" in a for a in argv if a.startswith(("hparams_search=", "hydra/sweeper="))):
+        raise UserError(
+            f"repeats={n} does not combine with Optuna, whose trials pick one config at a "
+            "time; drop repeats, or sweep the seed yourself without Optuna"
+        )
+    start = int(seeds[-1].split("=", 1)[1]) if seeds else 0
+    rest = [a for a in argv if a not in seeds]
+    multirun = [] if {"-m", "--multirun"} & set(rest) else ["-m"]
+    return [*multirun, *rest, "seed=" + ",".join(str(start + i) for i in range(n))]
+
+
 def run_and_exit() -> None:
     """Check the command line, run `main`, then exit without tearing the interpreter down:
     freeing torch's and MLflow's modules takes 1-2 s after everything is written."""
@@ -50,6 +79,7 @@ def run_and_exit() -> None:
         atexit.register(shutil.rmtree, scratch, ignore_errors=True)
         sys.argv += [f"hydra.run.dir={scratch}", "hydra.output_subdir=null"]
     try:
+        sys.argv[1:] = expand_repeats(sys.argv[1:])
         check_command_line(sys.argv[1:])
     except Exception as err:  # one line, exit 2, before any job or MLflow run exists
         if os.environ.get("HYDRA_FULL_ERROR") != "1":

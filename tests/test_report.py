@@ -55,3 +55,17 @@ def test_report_of_an_unknown_target_is_one_line_and_exit_2(sweep):
     result = report(["no-such-experiment"], cwd)
     assert result.returncode == 2
     assert result.stderr.startswith("Error: no-such-experiment: no such experiment or run")
+
+
+def test_report_by_config_folds_the_runs_into_configs(sweep):
+    cwd, parent = sweep
+    result = report([parent, "--by-config", "--csv", "configs.csv"], cwd)
+    assert result.returncode == 0, result.stderr[-2000:]
+    lines = result.stdout.splitlines()
+    assert "3 runs in 3 configs" in lines[0]
+    assert [line.split()[:2] for line in lines[2:5]] == [["0.05", "1"], ["0.001", "1"],
+                                                         ["1000000.0", "0"]]  # fmt: skip
+    with open(cwd / "configs.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert [r["lr"] for r in rows] == ["0.05", "0.001", "1000000.0"]
+    assert rows[2]["best_run_id"] == "" and rows[2]["n"] == "0"  # the failed job: no statistic

@@ -40,11 +40,11 @@ def wait_for_checkpoint(proc: subprocess.Popen, cwd: Path) -> None:
         time.sleep(0.05)
 
 
-def stop_during_epoch_2(cwd: Path, sig: signal.Signals) -> Path:
+def stop_during_epoch_2(cwd: Path, sig: signal.Signals, run: list[str] = RUN) -> Path:
     """Start the run, send `sig` once epoch 1 is logged (so during epoch 2); its output dir."""
     env = cli_env()
     proc = subprocess.Popen(
-        [sys.executable, "-m", "train", *RUN], cwd=cwd, env=env,
+        [sys.executable, "-m", "train", *run], cwd=cwd, env=env,
         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
     )  # fmt: skip
     try:
@@ -279,3 +279,27 @@ def test_rerunning_a_killed_sweep_skips_finished_jobs_and_resumes_the_dead_one(t
 
     result = run_cli([*sweep, "force=true"], cwd=tmp_path)
     assert result.returncode == 0 and len(client.search_runs(["1"])) == 7
+
+
+# every option that keeps state across steps or draws random numbers
+EXTRAS = ["scheduler=onecycle", "lr=3e-3", "train.ema_decay=0.9", "data.augment=affine",
+          "train.grad_clip_norm=1.0", "train.label_smoothing=0.1"]  # fmt: skip
+
+
+def test_resume_is_bit_exact_with_a_schedule_ema_augmentation_and_clipping(tmp_path):
+    straight = tmp_path / "straight"
+    straight.mkdir()
+    result = run_cli([*RUN, *EXTRAS], cwd=straight)
+    assert result.returncode == 0, result.stderr[-2000:]
+    client_a, run_a = only_run(f"sqlite:///{straight / 'mlruns' / 'mlflow.db'}")
+    run_dir = stop_during_epoch_2(tmp_path, signal.SIGINT, [*RUN, *EXTRAS])
+    assert torch.load(run_dir / "last.pth", weights_only=True)["state"]["step"] >= 1
+    result = run_cli([f"resume={run_dir}"], cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-2000:]
+    client_b, run_b = only_run(f"sqlite:///{tmp_path / 'mlruns' / 'mlflow.db'}")
+    for key in [*EPOCH_METRICS, "train/lr", "train/step_loss", "train/step_lr"]:
+        points = history(client_b, run_b.info.run_id, key)
+        assert points and points == history(client_a, run_a.info.run_id, key), key
+    weights_a = torch.load(Path(run_a.data.tags["hydra.output_dir"]) / "model.pth")
+    weights_b = torch.load(run_dir / "model.pth")  # the moving averages
+    assert all(torch.equal(weights_a[k], weights_b[k]) for k in weights_a)

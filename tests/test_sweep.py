@@ -76,6 +76,15 @@ def test_parallel_2x2_grid_with_joblib_is_one_parent_with_four_children(tmp_path
     rows = summary_rows(client, parent, tmp_path)
     assert [r["status"] for r in rows] == ["FINISHED"] * 4
     assert {r["run_id"] for r in rows} == {r.info.run_id for r in children.values()}
+    path = client.download_artifacts(parent.info.run_id, "summary_by_config.csv", str(tmp_path))
+    with open(path) as f:
+        configs = list(csv.DictReader(f))  # one seed each: a config per job, n = 1
+    assert sorted((c["batch_size"], c["lr"]) for c in configs) == [
+        ("32", "0.0001"), ("32", "0.001"), ("64", "0.0001"), ("64", "0.001")
+    ]  # fmt: skip
+    assert {c["n"] for c in configs} == {"1"} and {c["val_acc_std"] for c in configs} == {"nan"}
+    assert configs[0]["best_run_id"] == parent.data.tags["best_run_id"]  # best mean first
+    assert len({c["config_digest"] for c in configs}) == 4
 
 
 def test_a_failing_job_fails_its_run_and_the_parent_but_not_the_other_jobs(tmp_path):
@@ -109,33 +118,15 @@ def test_eight_parallel_jobs_on_a_fresh_store_all_finish_with_every_metric(tmp_p
             assert len(history(client, run.info.run_id, key)) == 2
 
 
-def test_optuna_trials_are_children_and_run_with_joblib(tmp_path):
-    args = ["-m", "hparams_search=optuna", "hydra.sweeper.n_trials=3", "hydra.sweeper.n_jobs=3",
-            "hydra/launcher=joblib", "hydra.launcher.n_jobs=3", *FAST]  # fmt: skip
-    result = run_cli(args, cwd=tmp_path)
-    assert result.returncode == 0, result.stderr[-3000:]
-    client, parent, children = sweep_record(tmp_path)
-    assert parent.info.status == "FINISHED" and len(children) == 3
-    assert parent.data.tags["sweep.sweeper"].endswith("OptunaSweeper")
-    for run in children.values():
-        assert run.info.status == "FINISHED"
-        keys = [part.split("=")[0] for part in run.info.run_name.split(",")]
-        assert keys == ["batch_size", "lr", "optimizer"]
-        assert 1e-4 <= float(run.data.params["lr"]) <= 1e-2
-    check_best(client, parent, children)
-    results = next(Path(parent.data.tags["sweep.dir"]).glob("optimization_results.yaml"))
-    assert f"best_value: {parent.data.metrics['best/val_acc']}" in results.read_text()
-
-
-def test_submitit_local_jobs_attach_to_the_parent(tmp_path):
-    args = ["-m", "hydra/launcher=submitit_local", *FAST, "lr=1e-3,1e-2"]
+def test_submitit_local_jobs_attach_to_the_parent_and_take_repeats(tmp_path):
+    args = ["hydra/launcher=submitit_local", *FAST, "lr=1e-2", "repeats=2"]  # repeats adds -m
     result = run_cli(args, cwd=tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
     client, parent, children = sweep_record(tmp_path)
     assert parent.info.status == "FINISHED"
-    assert sorted(r.info.run_name for r in children.values()) == ["lr=0.001", "lr=0.01"]
+    assert sorted(r.info.run_name for r in children.values()) == ["seed=0", "seed=1"]
     assert all(r.info.status == "FINISHED" for r in children.values())
-    check_best(client, parent, children)
+    assert len({r.data.tags["config_digest"] for r in children.values()}) == 1  # one config
 
 
 def test_hydras_sweep_functions_pass_the_check_and_run_as_hydra_expands_them(tmp_path):

@@ -53,12 +53,11 @@ def test_the_server_serves_the_sweeps_runs_parent_links_params_and_metrics(serve
     assert 0 < best <= 1
 
 
-def test_the_runs_page_in_headless_chromium_lists_the_sweep(server):
+def chromium():
+    """Headless Debian Chromium through its chromedriver."""
     from selenium import webdriver
     from selenium.webdriver.chrome.service import Service
-    from selenium.webdriver.common.by import By
 
-    experiment = api(server, "experiments/get-by-name?experiment_name=mnistlab")["experiment"]
     options = webdriver.ChromeOptions()
     options.binary_location = "/usr/bin/chromium"
     for flag in (
@@ -74,7 +73,14 @@ def test_the_runs_page_in_headless_chromium_lists_the_sweep(server):
         "--window-size=1600,1000",
     ):
         options.add_argument(flag)  # fmt: skip
-    driver = webdriver.Chrome(service=Service("/usr/bin/chromedriver"), options=options)
+    return webdriver.Chrome(service=Service("/usr/bin/chromedriver"), options=options)
+
+
+def test_the_runs_page_in_headless_chromium_lists_the_sweep(server):
+    from selenium.webdriver.common.by import By
+
+    experiment = api(server, "experiments/get-by-name?experiment_name=mnistlab")["experiment"]
+    driver = chromium()
     try:
         driver.get(f"{server}/#/experiments/{experiment['experiment_id']}/runs")
 
@@ -94,8 +100,40 @@ def test_the_runs_page_in_headless_chromium_lists_the_sweep(server):
         while not all(name in page_text() for name in names):
             assert time.monotonic() < deadline, "the sweep's jobs never showed"
             time.sleep(0.5)
+        while "synthetic" not in page_text():  # the Dataset column: the runs' logged inputs
+            assert time.monotonic() < deadline, "the Dataset column never showed the splits"
+            time.sleep(0.5)
         ARTIFACTS.mkdir(parents=True, exist_ok=True)
         shot = ARTIFACTS / "mlflow_ui_sweep.png"
+        assert driver.save_screenshot(str(shot))
+        assert shot.read_bytes()[:4] == b"\x89PNG" and shot.stat().st_size > 20_000
+    finally:
+        driver.quit()
+
+
+def test_the_sweeps_compare_link_opens_mlflows_compare_page_for_its_jobs(server):
+    from selenium.webdriver.common.by import By
+
+    experiment = api(server, "experiments/get-by-name?experiment_name=mnistlab")["experiment"]
+    runs = api(server, "runs/search", experiment_ids=[experiment["experiment_id"]])["runs"]
+    tags = [{t["key"]: t["value"] for t in r["data"]["tags"]} for r in runs]
+    (link,) = [t["sweep.compare_url"] for t in tags if "sweep.compare_url" in t]
+    pairs = zip(runs, tags, strict=True)
+    children = sorted(r["info"]["run_id"] for r, t in pairs if "mlflow.parentRunId" in t)
+    assert link.startswith("http://127.0.0.1:5000/#/compare-runs?runs=")
+    assert all(run_id in link for run_id in children) and len(children) == 3
+    driver = chromium()
+    try:  # the same page on this test's server: the link's part after the host
+        driver.get(server + "/" + link.split("/", 3)[3])
+        deadline = time.monotonic() + 60
+        wanted = ["Comparing 3 Runs", "lr=0.001", "lr=0.01", "lr=0.1", "Parallel Coordinates Plot"]
+        while not all(w in driver.find_element(By.TAG_NAME, "body").text for w in wanted):
+            assert time.monotonic() < deadline, "the compare page never showed the sweep's jobs"
+            time.sleep(0.5)
+        assert "Parameters:\nlr\n" in driver.find_element(By.TAG_NAME, "body").text  # plotted
+        time.sleep(2)  # let the plot draw
+        ARTIFACTS.mkdir(parents=True, exist_ok=True)
+        shot = ARTIFACTS / "mlflow_ui_compare.png"
         assert driver.save_screenshot(str(shot))
         assert shot.read_bytes()[:4] == b"\x89PNG" and shot.stat().st_size > 20_000
     finally:

@@ -27,17 +27,18 @@ def save_weights(model: nn.Module, path: Path) -> None:
     atomic_write(path, lambda f: torch.save(state, f))
 
 
-def save_checkpoint(
-    path: Path, model: nn.Module, optimizer: torch.optim.Optimizer, state: TrainState, **about: Any
-) -> None:
-    """Write everything needed to continue training from `state`, atomically; `about` adds what
-    the run is (run_id, config, data), for resume, evaluate and predict."""
+def save_checkpoint(path: Path, parts: Any, state: TrainState, **about: Any) -> None:
+    """Write everything needed to continue training from `state`, atomically: the weights, the
+    optimizer, the lr schedule and the moving average of `parts`, and the RNGs; `about` adds
+    what the run is (run_id, config, data), for resume, evaluate and predict."""
     checkpoint = {
         "format": FORMAT,
         "state": asdict(state),
         **about,
-        "model": weights(model),
-        "optimizer": optimizer.state_dict(),
+        "model": weights(parts.model),
+        "optimizer": parts.optimizer.state_dict(),
+        "scheduler": parts.schedule.state_dict(),
+        "ema": parts.ema.state_dict() if parts.ema is not None else None,
         "rng": {
             "torch": torch.get_rng_state(),
             "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
@@ -83,11 +84,15 @@ def load_checkpoint(path: Path, key: str = "resume") -> dict[str, Any]:
     return checkpoint
 
 
-def restore(checkpoint: dict[str, Any], model: nn.Module, optimizer: torch.optim.Optimizer) -> None:
-    """Load weights, optimizer state and RNG states from a checkpoint into a fresh run."""
+def restore(checkpoint: dict[str, Any], parts: Any) -> None:
+    """Load the weights, the optimizer, the lr schedule, the moving average and the RNG states
+    from a checkpoint into a fresh run's `parts`."""
     try:
-        model.load_state_dict(checkpoint["model"])
-        optimizer.load_state_dict(checkpoint["optimizer"])
+        parts.model.load_state_dict(checkpoint["model"])
+        parts.optimizer.load_state_dict(checkpoint["optimizer"])
+        parts.schedule.load_state_dict(checkpoint.get("scheduler") or {})
+        if parts.ema is not None and checkpoint.get("ema") is not None:
+            parts.ema.load_state_dict(checkpoint["ema"])
     except (RuntimeError, ValueError, KeyError) as err:
         reason = " ".join(str(err).split())[:300]
         raise UserError(

@@ -24,7 +24,13 @@ from mnistlab.options import Amp, Check, Compile, DeviceType, OnNan, at_least, f
 # conf/ sits at the repository root, next to src/ (the project is installed editable).
 CONF_DIR = str(Path(__file__).resolve().parents[2] / "conf")
 # What the recipe passes to a component at the call site, so its YAML does not set it.
-RUNTIME_ARGS = {"model": ("in_shape", "num_classes"), "data": ("seed",), "optimizer": ("params",)}
+RUNTIME_ARGS = {
+    "model": ("in_shape", "num_classes"),
+    "data": ("seed",),
+    "optimizer": ("params",),
+    "scheduler": ("optimizer", "epochs", "steps_per_epoch"),
+}
+OFF_OR_POSITIVE = Check(lambda v: v is None or v > 0, "a positive number, or null (off)")
 
 
 def option(check: Check | None = None) -> Any:
@@ -74,6 +80,23 @@ class TrainConfig:
     eval_batch_size: int = option(at_least(1, "an integer >= 1"))
     on_nan: OnNan = option()
     plots: bool = option()
+    early_stopping_patience: int | None = option(
+        Check(lambda v: v is None or v >= 1, "an integer >= 1 (epochs), or null (off)")
+    )
+    grad_clip_norm: float | None = option(OFF_OR_POSITIVE)
+    label_smoothing: float = option(Check(lambda v: 0 <= v < 1, "a number in [0, 1), e.g. 0.1"))
+    ema_decay: float | None = option(
+        Check(lambda v: v is None or 0 < v < 1, "a decay in (0, 1), e.g. 0.999, or null (off)")
+    )
+    max_steps: int | None = option(
+        Check(lambda v: v is None or v >= 1, "an integer >= 1 (steps), or null (every batch)")
+    )
+    overfit_batches: int | None = option(
+        Check(lambda v: v is None or v >= 1, "an integer >= 1 (batches), or null (off)")
+    )
+    target_loss: float | None = option(OFF_OR_POSITIVE)
+    profile: bool = option()
+    detect_anomaly: bool = option()
 
 
 @dataclass
@@ -87,6 +110,7 @@ class MlflowConfig:
     experiment: str = option(Check(lambda v: bool(v.strip()), "a non-empty experiment name"))
     run_name: str | None = option()
     log_model: bool = option()
+    system_metrics: bool = option()
     offline_wait_s: float = option(Check(lambda v: finite(v) and v >= 0, "seconds >= 0, e.g. 300"))
 
 
@@ -95,6 +119,7 @@ class Config:
     model: Any = MISSING
     optimizer: Any = MISSING
     data: Any = MISSING
+    scheduler: Any = MISSING
     device: DeviceConfig = field(default_factory=DeviceConfig)
     lr: float = option(POSITIVE_LR)
     batch_size: int = option(at_least(1, "an integer >= 1, e.g. batch_size=64"))
@@ -102,6 +127,7 @@ class Config:
     seed: int = option(
         Check(lambda v: 0 <= v < 2**32, "an integer from 0 to 4294967295, e.g. seed=0")
     )
+    repeats: int = option(at_least(1, "an integer >= 1, e.g. repeats=3"))
     sweep_name: str | None = option()
     resume: str | None = option()
     force: bool = option()
@@ -229,7 +255,9 @@ def check_component(node: DictConfig, key: str) -> None:
         if name not in declared:
             raise not_known(str(name), f"{key}.", declared)
     try:
-        typed = OmegaConf.merge(OmegaConf.structured(schema), OmegaConf.to_container(node))
+        typed = OmegaConf.merge(
+            OmegaConf.structured(schema), OmegaConf.to_container(node, resolve=True)
+        )
     except OmegaConfBaseException as err:
         sub = str(err.full_key).split("[")[0]
         rule = rules.get(sub)
@@ -248,7 +276,9 @@ def check_component(node: DictConfig, key: str) -> None:
 def validate(cfg: DictConfig) -> None:
     """Check what composition alone cannot (added keys, component types, value ranges), before
     anything is loaded; raise UserError naming the first mistake."""
-    missing = [k for k in ("model", "optimizer", "data") if OmegaConf.is_missing(cfg, k)]
+    missing = [
+        k for k in ("model", "optimizer", "data", "scheduler") if OmegaConf.is_missing(cfg, k)
+    ]
     if missing:
         raise UserError(f"{missing[0]} is not set: choose an option, e.g. {missing[0]}=...")
     check_fields(cfg)
@@ -298,3 +328,12 @@ def save_hydra_files(cfg: DictConfig, output_dir: Path) -> None:
     OmegaConf.save(cfg, folder / "config.yaml")
     OmegaConf.save(OmegaConf.create({"hydra": hydra_cfg}), folder / "hydra.yaml")
     OmegaConf.save(hydra_cfg.overrides.task, folder / "overrides.yaml")
+
+
+def group_choice(group: str) -> str | None:
+    """The option of config group `group` the current Hydra job uses (None if none)."""
+    from hydra.core.hydra_config import HydraConfig
+
+    if not HydraConfig.initialized():
+        return None
+    return HydraConfig.get().runtime.choices.get(group)

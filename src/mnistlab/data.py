@@ -19,9 +19,10 @@ from torch.utils.data import DataLoader, Subset
 from torch.utils.data import Dataset as TorchDataset
 
 from mnistlab import distributed
+from mnistlab.augment import augment
 from mnistlab.errors import UserError
 from mnistlab.files import atomic_write
-from mnistlab.options import Check, Loader, at_least, finite
+from mnistlab.options import Augment, Check, Loader, at_least, finite
 
 VAL_SIZE = at_least(1, "an integer >= 1, e.g. data.val_size=5000")
 MEAN = Check(finite, "a finite pixel mean, e.g. 0.1307")
@@ -35,13 +36,15 @@ def get_class(path: str) -> type:
 
 
 def normalize(images: Tensor, mean: float, std: float) -> Tensor:
-    """uint8 images (B x H x W) to float model inputs (B x 1 x H x W): (x / 255 - mean) / std."""
-    return (images.unsqueeze(1).float() * (1.0 / (255.0 * std))).sub_(mean / std)
+    """Images in 0-255 (B x H x W, or B x C x H x W) to float model inputs (B x C x H x W):
+    (x / 255 - mean) / std."""
+    images = images.unsqueeze(1) if images.dim() == 3 else images
+    return (images.float() * (1.0 / (255.0 * std))).sub_(mean / std)
 
 
 @dataclass(frozen=True)
 class Split:
-    """Images (uint8, N x H x W) and their integer labels (N).
+    """Images (uint8, N x H x W for one channel, or N x C x H x W) and their labels (N).
 
     `samples` is a per-sample torch Dataset over the same images, for `data.loader=torch`.
     """
@@ -71,11 +74,20 @@ class Dataset:
     loader: Loader = Loader.tensor
     num_workers: int = 0
     device: torch.device = torch.device("cpu")
+    augment: Augment = Augment.none  # applied to training batches only
+
+    def __post_init__(self) -> None:
+        if Augment(self.augment) is not Augment.none and Loader(self.loader) is Loader.torch:
+            raise UserError(
+                f"data.augment={Augment(self.augment).value} works on whole batches of the "
+                "tensor loader: use data.loader=tensor, or data.augment=none"
+            )
 
     @property
     def in_shape(self) -> tuple[int, int, int]:
         """Shape of one model input: channels, height, width."""
-        return (1, *self.train.images.shape[1:])
+        shape = tuple(self.train.images.shape[1:])
+        return (1, *shape) if len(shape) == 2 else shape
 
     @property
     def num_classes(self) -> int:
@@ -89,9 +101,18 @@ class Dataset:
         splits = {name: getattr(self, name).to(device) for name in ("train", "val", "test")}
         return replace(self, **splits, device=device)
 
-    def inputs(self, images: Tensor) -> Tensor:
-        """Turn a uint8 batch (B x H x W) into normalised float model inputs (B x 1 x H x W)."""
-        return normalize(images, self.mean, self.std)
+    def inputs(self, images: Tensor, generator: torch.Generator | None = None) -> Tensor:
+        """Turn a uint8 batch into normalised float model inputs (B x C x H x W), augmented
+        with `generator`'s draws if one is given."""
+        if generator is None or Augment(self.augment) is Augment.none:
+            return normalize(images, self.mean, self.std)
+        images = images.unsqueeze(1) if images.dim() == 3 else images
+        return normalize(augment(images.float(), self.augment, generator), self.mean, self.std)
+
+    def train_subset(self, size: int) -> "Dataset":
+        """The dataset with only the first `size` training samples (a fixed set to overfit)."""
+        train = self.train
+        return replace(self, train=Split(train.images[:size], train.labels[:size]))
 
     def info(self) -> dict:
         """What a trained model needs to know of its data to predict: shapes, names, scaling."""
@@ -103,10 +124,12 @@ class Dataset:
         }
 
     def batches(
-        self, split: Split, batch_size: int, generator: torch.Generator | None = None, skip: int = 0
-    ) -> Iterator[tuple[Tensor, Tensor]]:
+        self, split: Split, batch_size: int, generator: torch.Generator | None = None,
+        skip: int = 0, augment: bool = False,
+    ) -> Iterator[tuple[Tensor, Tensor]]:  # fmt: skip
         """Yield (inputs, labels) on the device, shuffled by `generator` if given, from batch
-        `skip` on (an epoch resumed midway); the last batch may be partial."""
+        `skip` on (an epoch resumed midway); the last batch may be partial. With `augment`,
+        batch j is augmented with draws seeded by `generator`'s seed and j alone."""
         n = len(split)
         order = None  # in order; else this rank's share of a seeded shuffle
         if generator is not None:
@@ -128,9 +151,11 @@ class Dataset:
                 yield self.inputs(split.images[start:end]), split.labels[start:end]
             return
         order = order.to(split.labels.device)
+        base = generator.initial_seed() * 31
         for start in range(skip * batch_size, len(order), batch_size):
             idx = order[start : start + batch_size]
-            yield self.inputs(split.images[idx]), split.labels[idx]
+            draws = torch.Generator().manual_seed(base + start // batch_size) if augment else None
+            yield self.inputs(split.images[idx], draws), split.labels[idx]
 
 
 def hold_out(n: int, val_size: int, seed: int) -> tuple[Tensor, Tensor]:
@@ -175,22 +200,11 @@ def read_cached(dataset: str, root: Path, download: bool, cache_dir: Path | None
     return tensors
 
 
-def load_torchvision(
-    dataset: str,
-    root: str,
-    download: bool,
-    val_size: Annotated[int, VAL_SIZE],
-    mean: Annotated[float, MEAN],
-    std: Annotated[float, STD],
-    seed: int,
-    loader: Loader,
-    num_workers: Annotated[int, at_least(0, "an integer >= 0 (0 loads in the main process)")],
-    cache_dir: str | None,
-) -> Dataset:
-    """Read a torchvision MNIST-style dataset (downloading it if allowed) into uint8 tensors."""
+def read_or_explain(dataset: str, root: str, download: bool, cache_dir: str | None) -> dict:
+    """`read_cached`, failing in one line that says whether the files are missing or broken."""
     root_path = Path(root).expanduser().resolve()
     try:
-        t = read_cached(dataset, root_path, download, Path(cache_dir) if cache_dir else None)
+        return read_cached(dataset, root_path, download, Path(cache_dir) if cache_dir else None)
     except (RuntimeError, OSError) as err:
         cls = get_class(dataset)
         names = [Path(url).name.removesuffix(".gz") for url, _ in cls.resources]
@@ -204,11 +218,30 @@ def load_torchvision(
         expected = ", ".join(names)
         why = " ".join(str(err).split()) if download else "data.download=false"
         raise UserError(
-            f"data.root={root}: no {cls.__name__} in {root_path / cls.__name__ / 'raw'} "
-            f"(expected {expected}) and {why}. Fix: set data.root=<folder that holds "
-            f"{cls.__name__}/raw> (or MNISTLAB_DATA), or go online with data.download=true"
+            f"data.root={root}: no {cls.__name__} in {raw_dir} (expected {expected}) and {why}. "
+            f"Fix: set data.root=<folder that holds {cls.__name__}/raw> (or MNISTLAB_DATA), or "
+            "go online with data.download=true"
         ) from err
-    train_idx, val_idx = hold_out(len(t["train_labels"]), val_size, seed)
+
+
+def load_torchvision(
+    dataset: str,
+    root: str,
+    download: bool,
+    val_size: Annotated[int, at_least(0, "an integer >= 0 (0: the test split is the val split)")],
+    mean: Annotated[float, MEAN],
+    std: Annotated[float, STD],
+    seed: int,
+    loader: Loader,
+    num_workers: Annotated[int, at_least(0, "an integer >= 0 (0 loads in the main process)")],
+    cache_dir: str | None,
+    augment: Augment = Augment.none,  # for runs recorded before the option existed
+) -> Dataset:
+    """Read a torchvision MNIST-style dataset (downloading it if allowed) into uint8 tensors."""
+    root_path = Path(root).expanduser().resolve()
+    t = read_or_explain(dataset, root, download, cache_dir)
+    n = len(t["train_labels"])  # val_size=0: train on all, evaluate on test (as the tutorial)
+    train_idx, val_idx = hold_out(n, val_size, seed) if val_size else (torch.arange(n), None)
     train_samples = test_samples = None
     if Loader(loader) is Loader.torch:  # per-sample PIL decode and transforms, as torchvision does
         from torchvision import transforms
@@ -220,15 +253,19 @@ def load_torchvision(
         train_samples = cls(str(root_path), train=True, transform=transform)
         test_samples = cls(str(root_path), train=False, transform=transform)
     images, labels = t["train_images"], t["train_labels"]
+    test = Split(t["test_images"], t["test_labels"], test_samples)
     return Dataset(
         train=Split(images[train_idx], labels[train_idx], _subset(train_samples, train_idx)),
-        val=Split(images[val_idx], labels[val_idx], _subset(train_samples, val_idx)),
-        test=Split(t["test_images"], t["test_labels"], test_samples),
+        val=test
+        if val_idx is None
+        else Split(images[val_idx], labels[val_idx], _subset(train_samples, val_idx)),
+        test=test,
         classes=t["classes"],
         mean=mean,
         std=std,
         loader=Loader(loader),
         num_workers=num_workers,
+        augment=Augment(augment),
     )
 
 
@@ -257,6 +294,7 @@ def make_synthetic(
     mean: Annotated[float, MEAN],
     std: Annotated[float, STD],
     seed: int,
+    augment: Augment = Augment.none,  # for runs recorded before the option existed
     num_classes: int = 10,
     size: int = 28,
 ) -> Dataset:
@@ -284,4 +322,5 @@ def make_synthetic(
         classes=[f"class {i}" for i in range(num_classes)],
         mean=mean,
         std=std,
+        augment=Augment(augment),
     )

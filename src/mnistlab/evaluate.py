@@ -1,7 +1,8 @@
 """`python -m mnistlab.evaluate SOURCE [log_to_mlflow=true] [data.root=...] [--output PNG]`
 
 Evaluates a trained model on its dataset's test split. SOURCE is a checkpoint (last.pth,
-best.pth or model.pth in a run's output dir), `runs:/<run_id>/model.pth`, or an MLflow run id.
+best.pth or model.pth in a run's output dir), `runs:/<run_id>/model.pth`, an MLflow run id, or a
+registered model (`models:/<name>@<alias>`, `models:/<name>/<version>`).
 Prints test/acc and test/loss to 4 decimals and per-class accuracy, and writes a confusion-matrix
 PNG; with log_to_mlflow=true it adds `eval/*` metrics and the PNG to that run.
 """
@@ -18,6 +19,8 @@ from mnistlab.inference import load_trained
 from mnistlab.loop import evaluate
 from mnistlab.parts import build_part
 from mnistlab.run_plots import confusion, predictions
+
+SOURCE_HELP = "run output dir, .pth file, runs:/<id>/model.pth, run id, or models:/<name>@<alias>"
 
 
 def evaluate_source(
@@ -61,7 +64,7 @@ def evaluate_source(
 def main(argv: list[str] | None = None) -> None:
     """Parse the command line and evaluate; bad input gets one line and exit code 2."""
     parser = argparse.ArgumentParser(prog="python -m mnistlab.evaluate", description=__doc__)
-    parser.add_argument("source", help="run output dir, .pth file, runs:/<id>/model.pth or run id")
+    parser.add_argument("source", help=SOURCE_HELP)
     parser.add_argument("overrides", nargs="*", help="log_to_mlflow=true, data.root=DIR, ...")
     parser.add_argument("--tracking-uri", default=None, help="MLflow store (default as train)")
     parser.add_argument("--output", type=Path, default=None, help="confusion-matrix PNG path")

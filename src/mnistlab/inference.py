@@ -28,7 +28,10 @@ class Trained:
 
 def load_trained(source: str, tracking_uri: str | None = None) -> Trained:
     """The model that `source` names: a .pth file, a run output dir (its model.pth, else its
-    last.pth), `runs:/<run_id>/model.pth` or a run id."""
+    last.pth), `runs:/<run_id>/model.pth`, a run id, or a registered model version
+    (`models:/<name>@<alias>`, `models:/<name>/<version>`: the run that logged it)."""
+    if source.startswith("models:/"):
+        source = tracking.resolve_model_uri(source, tracking_uri)
     path, run_id = Path(source).expanduser(), None
     if path.is_dir():  # the final weights of a finished run, else the last checkpoint
         found = [path / n for n in ("model.pth", "last.pth") if (path / n).is_file()]

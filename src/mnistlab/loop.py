@@ -33,10 +33,12 @@ class TrainState:
     epoch: int = 0  # epochs completed
     step: int = 0  # steps done of epoch + 1 (0: at an epoch boundary)
     best_val_acc: float = -1.0
+    best_epoch: int = 0  # the epoch that reached best_val_acc
     loss_sum: float = 0.0  # over the steps done of epoch + 1
     correct: int = 0  # training samples classified right in those steps
     elapsed_s: float = 0.0  # training time of those steps
     step_losses: list[tuple[int, float]] = field(default_factory=list)  # (global step, loss)
+    step_lrs: list[tuple[int, float]] = field(default_factory=list)  # (global step, lr)
     history: dict[str, list[tuple[int, float]]] = field(default_factory=dict)  # per epoch
 
     def end_epoch(self, metrics: dict[str, float]) -> bool:
@@ -45,9 +47,10 @@ class TrainState:
         for key, value in metrics.items():
             self.history.setdefault(key, []).append((self.epoch, value))
         improved = metrics["val/acc"] > self.best_val_acc
-        self.best_val_acc = max(self.best_val_acc, metrics["val/acc"])
+        if improved:
+            self.best_val_acc, self.best_epoch = metrics["val/acc"], self.epoch
         self.step, self.loss_sum, self.correct, self.elapsed_s = 0, 0.0, 0, 0.0
-        self.step_losses = []
+        self.step_losses, self.step_lrs = [], []
         return improved
 
     @classmethod
@@ -55,6 +58,7 @@ class TrainState:
         """The state as a checkpoint stores it (tuples come back as lists)."""
         state = cls(**values)
         state.step_losses = [tuple(p) for p in state.step_losses]
+        state.step_lrs = [tuple(p) for p in state.step_lrs]
         state.history = {k: [tuple(p) for p in v] for k, v in state.history.items()}
         return state
 
@@ -69,6 +73,9 @@ class LoopSettings:
     log_every: int = 100
     amp: Amp = Amp.none
     on_nan: OnNan = OnNan.stop
+    label_smoothing: float = 0.0
+    grad_clip_norm: float | None = None
+    max_steps: int | None = None  # steps per epoch at most (debug=fast)
 
 
 class EpochInterrupted(Exception):
@@ -109,55 +116,85 @@ def evaluate(model: nn.Module, data, split, batch_size: int, amp: Amp = Amp.none
     return {"loss": loss_sum.item() / len(split), "acc": correct.item() / len(split)}
 
 
-def train_epoch(model, data, optimizer, state: TrainState, opts: LoopSettings, stop=None) -> dict:
-    """Train epoch `state.epoch + 1` over the shuffled train split, from step `state.step` on.
+def steps_per_epoch(samples: int, batch_size: int, max_steps: int | None = None) -> int:
+    """Optimisation steps in one epoch of this process (its share under torchrun)."""
+    ranks = distributed.world_size()
+    steps = math.ceil((samples - samples % ranks) // ranks / batch_size)
+    return min(steps, max_steps or steps)
 
-    Appends (global step, loss) to `state.step_losses` every `log_every` steps. If `stop` turns
-    true, raise EpochInterrupted between two steps with the state's sums up to date. Returns the
-    epoch's train loss and accuracy.
+
+def train_epoch(parts, state: TrainState, opts: LoopSettings, stop=None) -> dict:
+    """Train epoch `state.epoch + 1` over the shuffled (and augmented) train split, from step
+    `state.step` on, with `parts` (data, net, optimizer, and the optional schedule and ema).
+
+    Appends (global step, loss) to `state.step_losses`, and (global step, lr) to
+    `state.step_lrs`, every `log_every` steps. If `stop` turns true, raise EpochInterrupted
+    between two steps with the state's sums up to date. Returns the epoch's train loss and
+    accuracy, the lr of its last step, and how many samples it trained on (all ranks).
     """
-    model.train()
-    split, epoch, done = data.train, state.epoch + 1, state.step
+    data, epoch, done = parts.data, state.epoch + 1, state.step
+    parts.net.train()
     ranks = distributed.world_size()  # under torchrun each rank trains on 1/ranks of the split
-    trained = len(split) - len(split) % ranks
-    steps = math.ceil(trained // ranks / opts.batch_size)
+    steps = steps_per_epoch(len(data.train), opts.batch_size)
+    limit = steps_per_epoch(len(data.train), opts.batch_size, opts.max_steps)
+    trained = min(len(data.train) - len(data.train) % ranks, limit * opts.batch_size * ranks)
     main = distributed.is_main()  # rank 0 holds the sums of the steps done before a resume
     loss_sum = torch.tensor(state.loss_sum if main else 0.0, device=data.device)
     correct = torch.tensor(state.correct if main else 0, device=data.device)
     bar = tqdm(  # samples/s and the loss; off when stderr is not a terminal (CI logs)
-        total=len(split), desc=f"epoch {epoch}", unit="img", unit_scale=True, disable=None,
-        leave=False, position=1, initial=min(done * opts.batch_size, len(split)),
+        total=trained // ranks, desc=f"epoch {epoch}", unit="img", unit_scale=True, disable=None,
+        leave=False, position=1, initial=min(done * opts.batch_size, trained // ranks),
     )  # fmt: skip
-    shuffled = data.batches(split, opts.batch_size, epoch_generator(opts.seed, epoch), skip=done)
-    for i, (inputs, labels) in enumerate(shuffled, start=done + 1):
-        with autocast(data.device, opts.amp):
-            logits = model(inputs)
-            loss = F.cross_entropy(logits, labels)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
+    lr = parts.optimizer.param_groups[0]["lr"]
+    generator = epoch_generator(opts.seed, epoch)
+    batches = data.batches(data.train, opts.batch_size, generator, skip=done, augment=True)
+    for i, (inputs, labels) in enumerate(batches, start=done + 1):
+        lr = parts.optimizer.param_groups[0]["lr"]  # the lr this step uses
+        loss, logits = train_step(parts, inputs, labels, opts)
         loss_sum += loss.detach() * len(labels)
         correct += (logits.detach().argmax(dim=1) == labels).sum()
         bar.update(len(labels))
         stopping = bool(stop) and ranks == 1  # several ranks stop together, at a log step
         if i % opts.log_every == 0:  # the only host sync inside the epoch: all ranks agree here
-            value, stopping = log_step(loss, stop, ranks, opts, epoch, i, steps, state)
+            value, stopping = log_step(loss, stop, ranks, opts, (epoch, i, steps), state)
+            state.step_lrs.append(((epoch - 1) * steps + i, lr))
             bar.set_postfix(loss=f"{value:.4f}")
-        if stopping and i < steps:  # Ctrl-C or SIGTERM: the caller checkpoints the epoch so far
+        if stopping and i < limit:  # Ctrl-C or SIGTERM: the caller checkpoints the epoch so far
             bar.close()
             total_loss, total_correct = distributed.sum_all(loss_sum, correct)
             state.step, state.loss_sum, state.correct = i, total_loss.item(), total_correct.item()
             raise EpochInterrupted(f"stopped at step {i}")
+        if i == limit:
+            break
     bar.close()
     loss_sum, correct = distributed.sum_all(loss_sum, correct)
-    metrics = {"loss": loss_sum.item() / trained, "acc": correct.item() / trained}
+    metrics = {"loss": loss_sum.item() / trained, "acc": correct.item() / trained, "lr": lr}
     check_finite(metrics["loss"], f"the end of epoch {epoch}", opts.on_nan)
-    return metrics
+    return {**metrics, "samples": trained}
 
 
-def log_step(loss, stop, ranks: int, opts: LoopSettings, epoch: int, i: int, steps: int, state):
+def train_step(parts, inputs, labels, opts: LoopSettings):
+    """One optimisation step: forward, loss, backward, clip, step; then the per-batch schedule
+    and the weights' moving average. Returns (loss, logits)."""
+    with autocast(parts.data.device, opts.amp):
+        logits = parts.net(inputs)
+        loss = F.cross_entropy(logits, labels, label_smoothing=opts.label_smoothing)
+    parts.optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    if opts.grad_clip_norm is not None:
+        torch.nn.utils.clip_grad_norm_(parts.model.parameters(), opts.grad_clip_norm)
+    parts.optimizer.step()
+    if parts.schedule is not None and parts.schedule.per_batch:
+        parts.schedule.step()
+    if parts.ema is not None:
+        parts.ema.update_parameters(parts.model)
+    return loss, logits
+
+
+def log_step(loss, stop, ranks: int, opts: LoopSettings, where: tuple, state: TrainState):
     """At a log step: the loss averaged over ranks, and whether any rank was asked to stop; the
     point goes to `state.step_losses` and the tutorial's progress line is printed."""
+    epoch, i, steps = where
     flag = torch.tensor(float(bool(stop)), device=loss.device)
     total, stops = distributed.sum_all(loss, flag)
     value = total.item() / ranks

@@ -8,7 +8,7 @@ from typing import Annotated
 
 from torch import Tensor, nn
 
-from mnistlab.options import PROBABILITY, at_least
+from mnistlab.options import PROBABILITY, Check, at_least
 
 
 class MLP(nn.Module):
@@ -41,7 +41,8 @@ class MLP(nn.Module):
 
 
 class CNN(nn.Module):
-    """Conv3x3+ReLU+MaxPool2 blocks, then one hidden Linear layer and the classifier."""
+    """Conv3x3(+BatchNorm)+ReLU+MaxPool2 blocks, then one hidden Linear layer and the
+    classifier."""
 
     def __init__(
         self,
@@ -50,6 +51,7 @@ class CNN(nn.Module):
         channels: Annotated[list[int], at_least(1, "a list of channel counts >= 1, e.g. [32,64]")],
         hidden_size: Annotated[int, at_least(1, "an integer >= 1, e.g. 256")],
         dropout: Annotated[float, PROBABILITY],
+        batch_norm: bool = False,  # for runs recorded before the option existed
     ):
         super().__init__()
         in_channels, height, width = in_shape
@@ -62,8 +64,10 @@ class CNN(nn.Module):
             )
         blocks: list[nn.Module] = []
         for out_channels in channels:
+            norm = [nn.BatchNorm2d(out_channels)] if batch_norm else []
             blocks += [
-                nn.Conv2d(in_channels, out_channels, kernel_size=3, padding=1),
+                nn.Conv2d(in_channels, out_channels, kernel_size=3, padding=1, bias=not norm),
+                *norm,
                 nn.ReLU(),
                 nn.MaxPool2d(2),
             ]
@@ -75,6 +79,100 @@ class CNN(nn.Module):
             nn.ReLU(),
             nn.Dropout(dropout),
             nn.Linear(hidden_size, num_classes),
+        )
+
+    def forward(self, x: Tensor) -> Tensor:
+        """Map a batch of images to class logits."""
+        return self.classifier(self.features(x))
+
+
+class LeNet5(nn.Module):
+    """LeCun's LeNet-5: conv5 (6) + pool, conv5 (16) + pool, then 120, 84 and the classes;
+    the first conv pads by 2, so a 28x28 image is seen as the original 32x32."""
+
+    def __init__(
+        self,
+        in_shape: Sequence[int],
+        num_classes: int,
+        activation: Annotated[str, Check(lambda v: v in ("relu", "tanh"), "relu or tanh")],
+    ):
+        super().__init__()
+        in_channels, height, width = in_shape
+        if min(height, width) < 12:
+            raise ValueError(f"in_shape={list(in_shape)}: LeNet-5 needs images of 12x12 or more")
+        act = nn.ReLU if activation == "relu" else nn.Tanh
+        self.features = nn.Sequential(
+            nn.Conv2d(in_channels, 6, 5, padding=2), act(), nn.MaxPool2d(2),
+            nn.Conv2d(6, 16, 5), act(), nn.MaxPool2d(2),
+        )  # fmt: skip
+        size = 16 * ((height // 2 - 4) // 2) * ((width // 2 - 4) // 2)
+        self.classifier = nn.Sequential(
+            nn.Flatten(), nn.Linear(size, 120), act(), nn.Linear(120, 84), act(),
+            nn.Linear(84, num_classes),
+        )  # fmt: skip
+
+    def forward(self, x: Tensor) -> Tensor:
+        """Map a batch of images to class logits."""
+        return self.classifier(self.features(x))
+
+
+class ResidualBlock(nn.Module):
+    """Two conv3x3+BatchNorm layers with a shortcut (a 1x1 conv where the shape changes)."""
+
+    def __init__(self, in_channels: int, out_channels: int, stride: int):
+        super().__init__()
+        self.body = nn.Sequential(
+            nn.Conv2d(in_channels, out_channels, 3, stride, 1, bias=False),
+            nn.BatchNorm2d(out_channels), nn.ReLU(inplace=True),
+            nn.Conv2d(out_channels, out_channels, 3, 1, 1, bias=False),
+            nn.BatchNorm2d(out_channels),
+        )  # fmt: skip
+        self.shortcut = nn.Identity()
+        if stride != 1 or in_channels != out_channels:
+            self.shortcut = nn.Sequential(
+                nn.Conv2d(in_channels, out_channels, 1, stride, bias=False),
+                nn.BatchNorm2d(out_channels),
+            )
+
+    def forward(self, x: Tensor) -> Tensor:
+        """The block's output: ReLU(body(x) + shortcut(x))."""
+        return (self.body(x) + self.shortcut(x)).relu_()
+
+
+class ResNet(nn.Module):
+    """A small residual net for small images: a conv3x3 stem of `width` channels, then stages
+    of `blocks_per_stage` residual blocks, each stage after the first halving the resolution and
+    doubling the channels, then global average pooling and the classifier."""
+
+    def __init__(
+        self,
+        in_shape: Sequence[int],
+        num_classes: int,
+        width: Annotated[int, at_least(1, "an integer >= 1 (channels), e.g. 16")],
+        stages: Annotated[int, at_least(1, "an integer >= 1, e.g. 3")],
+        blocks_per_stage: Annotated[int, at_least(1, "an integer >= 1, e.g. 2")],
+    ):
+        super().__init__()
+        in_channels, height, width_px = in_shape
+        most = min(height, width_px).bit_length()  # each later stage halves the resolution
+        if stages > most:
+            raise ValueError(
+                f"stages={stages}: {stages - 1} halvings shrink a {height}x{width_px} input to "
+                f"nothing; use at most {most}"
+            )
+        layers: list[nn.Module] = [
+            nn.Conv2d(in_channels, width, 3, 1, 1, bias=False), nn.BatchNorm2d(width), nn.ReLU()
+        ]  # fmt: skip
+        channels = width
+        for stage in range(stages):
+            out = width * 2**stage
+            for block in range(blocks_per_stage):
+                stride = 2 if stage > 0 and block == 0 else 1
+                layers.append(ResidualBlock(channels, out, stride))
+                channels = out
+        self.features = nn.Sequential(*layers)
+        self.classifier = nn.Sequential(
+            nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(channels, num_classes)
         )
 
     def forward(self, x: Tensor) -> Tensor:

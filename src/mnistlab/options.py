@@ -74,6 +74,15 @@ class Loader(str, Enum):
     torch = "torch"
 
 
+class Augment(str, Enum):
+    """Random changes to each training batch, on its device: none, shift (up to 2 px) or affine
+    (small rotation, scale and shift)."""
+
+    none = "none"
+    shift = "shift"
+    affine = "affine"
+
+
 class OnNan(str, Enum):
     """What to do when the training loss becomes NaN or inf."""
 

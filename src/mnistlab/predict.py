@@ -1,8 +1,9 @@
 """`python -m mnistlab.predict SOURCE IMAGE [IMAGE ...] [--tracking-uri URI]`
 
-Prints the predicted class and the class probabilities for each grayscale image (28x28, or
-resized to the model's input size). SOURCE is as for `python -m mnistlab.evaluate`. Images are
-read as the training data was stored: light strokes on a dark background, as in MNIST.
+Prints the predicted class and the class probabilities for each image (converted to the model's
+channels, grayscale or RGB, and resized to its input size). SOURCE is as for
+`python -m mnistlab.evaluate`. Images are read as the training data was stored: for MNIST, light
+strokes on a dark background.
 """
 
 import argparse
@@ -15,17 +16,24 @@ from mnistlab.data import normalize
 from mnistlab.errors import UserError
 from mnistlab.inference import load_trained
 
+SOURCE_HELP = "run output dir, .pth file, runs:/<id>/model.pth, run id, or models:/<name>@<alias>"
 
-def read_image(path: Path, size: tuple[int, int]) -> torch.Tensor:
-    """A grayscale uint8 tensor (H x W) of the image, resized to `size` if it differs."""
+
+def read_image(path: Path, shape: tuple[int, int, int]) -> torch.Tensor:
+    """The image as the model's inputs were stored: uint8, grayscale (H x W) for 1 channel or
+    RGB (3 x H x W), resized to the model's input size if it differs."""
     from PIL import Image, UnidentifiedImageError
 
+    channels, height, width = shape
     try:
         with Image.open(path) as image:
-            gray = image.convert("L")
-            if gray.size != (size[1], size[0]):
-                gray = gray.resize((size[1], size[0]), Image.Resampling.BILINEAR)
-            return torch.frombuffer(bytearray(gray.tobytes()), dtype=torch.uint8).view(*size)
+            image = image.convert("L" if channels == 1 else "RGB")
+            if image.size != (width, height):
+                image = image.resize((width, height), Image.Resampling.BILINEAR)
+            pixels = torch.frombuffer(bytearray(image.tobytes()), dtype=torch.uint8)
+            if channels == 1:
+                return pixels.view(height, width)
+            return pixels.view(height, width, channels).permute(2, 0, 1)
     except (OSError, UnidentifiedImageError) as err:
         raise UserError(f"image {path}: not a readable image ({err}); pass PNG or JPEG") from err
 
@@ -35,7 +43,7 @@ def predict(source: str, images: list[Path], tracking_uri: str | None = None) ->
     """For each image: its path, predicted class and probabilities (printed, and returned)."""
     trained = load_trained(source, tracking_uri)
     info = trained.data_info
-    pixels = torch.stack([read_image(p, tuple(info["in_shape"][1:])) for p in images])
+    pixels = torch.stack([read_image(p, tuple(info["in_shape"])) for p in images])
     probs = trained.model(normalize(pixels, info["mean"], info["std"])).softmax(dim=1)
     results = []
     for path, p in zip(images, probs, strict=True):
@@ -51,7 +59,7 @@ def predict(source: str, images: list[Path], tracking_uri: str | None = None) ->
 def main(argv: list[str] | None = None) -> None:
     """Parse the command line and predict; bad input gets one line and exit code 2."""
     parser = argparse.ArgumentParser(prog="python -m mnistlab.predict", description=__doc__)
-    parser.add_argument("source", help="run output dir, .pth file, runs:/<id>/model.pth or run id")
+    parser.add_argument("source", help=SOURCE_HELP)
     parser.add_argument("images", nargs="+", type=Path, help="grayscale image files")
     parser.add_argument("--tracking-uri", default=None, help="MLflow store (default as train)")
     args = parser.parse_args(argv)

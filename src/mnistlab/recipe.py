@@ -26,7 +26,15 @@ from tqdm import tqdm
 from tqdm.contrib.logging import logging_redirect_tqdm
 
 from mnistlab import checkpoint, distributed, tracking
-from mnistlab.config import Config, anchor_paths, hydra_output_dir, save_hydra_files, validate
+from mnistlab.config import (
+    Config,
+    anchor_paths,
+    group_choice,
+    hydra_output_dir,
+    save_hydra_files,
+    validate,
+)  # fmt: skip
+from mnistlab.debugging import debugging
 from mnistlab.errors import UserError
 from mnistlab.files import write_text
 from mnistlab.loop import (
@@ -71,23 +79,14 @@ def run(cfg: DictConfig, output_dir: str | Path | None = None) -> float:
     )
     claim = tracking.Claim(output_dir, key, then) if rank0 else None  # rank 0 records the run
     with claim or contextlib.nullcontext():
-        save_hydra_files(cfg, output_dir)
-        seed_everything(cfg.seed)
-        parts = build_parts(cfg, threads=tracking.threads_per_job())
-        state = TrainState()
-        if start.checkpoint:  # a checkpoint that does not fit fails here, before the store
-            checkpoint.restore(start.checkpoint, parts.model, parts.optimizer)
-            state = start.checkpoint["state"]
-        log.info(
-            f"{type(parts.model).__name__} on {parts.device}: {len(parts.data.train)} train, "
-            f"{len(parts.data.val)} val, {len(parts.data.test)} test samples"
-        )
+        parts, state = build(cfg, start)
         with (
             open_tracker(cfg, claim, parts, start) as tracker,
             StopRequest().installed() as stop,
             logging_redirect_tqdm(),
         ):
-            fit(cfg, parts, state, tracker, stop, output_dir)
+            with debugging(cfg.train, output_dir, tracker):
+                fit(cfg, parts, state, tracker, stop, output_dir)
             distributed.teardown()
             if not rank0:  # the other ranks are done: rank 0 writes the outputs
                 return state.best_val_acc
@@ -97,6 +96,22 @@ def run(cfg: DictConfig, output_dir: str | Path | None = None) -> float:
     log.info(f"MLflow run {tracker.run_id}: "
              f"{tracking.how_to_open(uri, tracker.experiment_id, tracker.run_id)}")  # fmt: skip
     return state.best_val_acc
+
+
+def build(cfg: DictConfig, start: Start) -> tuple[Parts, TrainState]:
+    """Seed, then build the parts; a resumed run's come back as its checkpoint left them."""
+    save_hydra_files(cfg, start.output_dir)
+    seed_everything(cfg.seed)
+    parts = build_parts(cfg, threads=tracking.threads_per_job())
+    state = TrainState()
+    if start.checkpoint:  # a checkpoint that does not fit fails here, before the store
+        checkpoint.restore(start.checkpoint, parts)
+        state = start.checkpoint["state"]
+    log.info(
+        f"{type(parts.model).__name__} on {parts.device}: {len(parts.data.train)} train, "
+        f"{len(parts.data.val)} val, {len(parts.data.test)} test samples"
+    )
+    return parts, state
 
 
 def prepare(cfg: DictConfig, output_dir: str | Path | None) -> Start:
@@ -129,12 +144,20 @@ def prepare(cfg: DictConfig, output_dir: str | Path | None) -> Start:
     if not path.is_file():  # an MLflow run id
         path = tracking.run_checkpoint(cfg, cfg.resume)
     resumed = checkpoint.load_checkpoint(path)
-    run_cfg = OmegaConf.merge(OmegaConf.structured(Config), resumed["config"])
-    run_cfg.mlflow, run_cfg.resume = (
-        cfg.mlflow,
-        cfg.resume,
-    )  # the store is where the user points now
-    return Start(run_cfg, path.parent, resumed)
+    return Start(resumed_config(cfg, resumed["config"]), path.parent, resumed)
+
+
+def resumed_config(cfg: DictConfig, saved: dict) -> DictConfig:
+    """A resumed run's own config: the one its checkpoint saved, with the store the user points
+    at now, and today's defaults for options added since (components are taken whole)."""
+    run_cfg = OmegaConf.merge(OmegaConf.structured(Config), cfg)
+    for key, value in saved.items():
+        if key in ("mlflow", "resume"):  # the store is where the user points now
+            continue
+        if isinstance(value, dict) and key not in ("model", "optimizer", "data", "scheduler"):
+            value = OmegaConf.merge(run_cfg[key], value)
+        run_cfg[key] = value
+    return run_cfg
 
 
 @contextlib.contextmanager
@@ -149,52 +172,90 @@ def open_tracker(cfg: DictConfig, claim: Any, parts: Parts, start: Start):
         "torch.threads": str(torch.get_num_threads()),
         "distributed.world_size": str(distributed.world_size()),
     }
+    if group_choice("debug"):  # so the UI can filter debug runs away
+        tags["debug"] = group_choice("debug")
     resume = start.checkpoint and (start.checkpoint["run_id"], start.checkpoint["state"].epoch)
     with tracking.open_run(cfg, claim, tags, resume or None, connection) as tracker:
         state = start.checkpoint["state"] if start.checkpoint else TrainState()
         where = f"epoch {state.epoch + 1}" + (f" step {state.step + 1}" if state.step else "")
         uri = tracking.redact(tracking.tracking_uri(cfg))
         log.info(f"MLflow run {tracker.run_id} in {uri}, from {where}")
+        tracker.log_dataset(parts.data, cfg)
         yield tracker
 
 
 def loop_settings(cfg: DictConfig) -> LoopSettings:
     """What the epoch loop reads of the config."""
+    train = cfg.train
     return LoopSettings(
-        cfg.epochs, cfg.batch_size, cfg.seed, cfg.train.log_every, cfg.device.amp, cfg.train.on_nan
-    )
+        cfg.epochs, cfg.batch_size, cfg.seed, train.log_every, cfg.device.amp, train.on_nan,
+        train.label_smoothing, train.grad_clip_norm, train.max_steps,
+    )  # fmt: skip
 
 
 def fit(cfg, parts: Parts, state: TrainState, tracker, stop, output_dir: Path) -> None:
-    """Train the epochs left; after each, log its metrics and save a checkpoint. A signal stops
-    training between two steps, with a checkpoint of the epoch so far."""
+    """Train the epochs left; after each, log its metrics, step the per-epoch schedule and save a
+    checkpoint. Stops early on train.early_stopping_patience or train.target_loss."""
     opts = loop_settings(cfg)
-    resume_hint = f"continue with python -m train resume={output_dir}"
     epochs = tqdm(range(state.epoch + 1, cfg.epochs + 1), desc="epochs", disable=None, position=0)
+    trial = tracking.trial_reporter(cfg, tracker)  # None unless an Optuna trial
     for epoch in epochs:
-        start = time.perf_counter() - state.elapsed_s
-        try:
-            train_m = train_epoch(parts.net, parts.data, parts.optimizer, state, opts, stop)
-        except EpochInterrupted:
-            state.elapsed_s = time.perf_counter() - start
-            save_checkpoints(cfg, parts, state, tracker, output_dir, improved=False)
-            stop.raise_if_requested(f"checkpoint at epoch {epoch} step {state.step}: {resume_hint}")
-        epoch_time = time.perf_counter() - start
-        metrics = {f"train/{k}": v for k, v in train_m.items()}
-        for split in ("val", "test"):
-            split_m = evaluate(parts.net, parts.data, getattr(parts.data, split),
-                               cfg.train.eval_batch_size, cfg.device.amp)  # fmt: skip
-            metrics.update({f"{split}/{k}": v for k, v in split_m.items()})
-        tracker.log_epoch(epoch, {**metrics, "epoch_time_s": epoch_time}, state.step_losses)
-        log.info(
-            f"Epoch {epoch}/{cfg.epochs}: "
-            + ", ".join(f"{k} {v:.4f}" for k, v in metrics.items())
-            + f", {epoch_time:.2f} s"
-        )
+        metrics = run_epoch(cfg, parts, state, opts, (stop, tracker, output_dir))
         epochs.set_postfix(val_acc=f"{metrics['val/acc']:.4f}")
         improved = state.end_epoch(metrics)
+        parts.schedule.end_epoch(metrics["val/loss"])
         save_checkpoints(cfg, parts, state, tracker, output_dir, improved)
-        stop.raise_if_requested(f"checkpoint after epoch {epoch}: {resume_hint}")
+        stop.raise_if_requested(f"checkpoint after epoch {epoch}: {resume_hint(output_dir)}")
+        if trial is not None and trial.report(epoch, metrics["val/acc"]):
+            log.info(f"Optuna pruned trial {trial.number} after epoch {epoch}")
+            tracker.log_tags({"optuna.state": "PRUNED", "optuna.pruned_epoch": str(epoch)})
+            return
+        patience, target = cfg.train.early_stopping_patience, cfg.train.target_loss
+        if patience and epoch - state.best_epoch >= patience:
+            log.info(f"Early stop after epoch {epoch}: no better val acc for {patience} epochs")
+            tracker.log_tags({"early_stopped_epoch": str(epoch)})
+            return
+        if target and metrics["train/loss"] <= target:
+            log.info(f"Train loss {metrics['train/loss']:.4g} <= {target} after epoch {epoch}")
+            return
+
+
+def resume_hint(output_dir: Path) -> str:
+    """How to continue a stopped run."""
+    return f"continue with python -m train resume={output_dir}"
+
+
+def run_epoch(cfg, parts: Parts, state: TrainState, opts: LoopSettings, where: tuple) -> dict:
+    """Train one epoch (with a checkpoint if a signal stops it midway), evaluate val and test,
+    and log the metrics; return them."""
+    stop, tracker, output_dir = where
+    epoch, start = state.epoch + 1, time.perf_counter() - state.elapsed_s
+    try:
+        train_m = train_epoch(parts, state, opts, stop)
+    except EpochInterrupted:
+        state.elapsed_s = time.perf_counter() - start
+        save_checkpoints(cfg, parts, state, tracker, output_dir, improved=False)
+        stop.raise_if_requested(
+            f"checkpoint at epoch {epoch} step {state.step}: {resume_hint(output_dir)}"
+        )
+    epoch_time = time.perf_counter() - start
+    speed = {"train/samples_per_s": train_m.pop("samples") / epoch_time}
+    metrics = {f"train/{k}": v for k, v in train_m.items()}
+    for split in ("val", "test"):
+        split_m = evaluate(parts.evaluated, parts.data, getattr(parts.data, split),
+                           cfg.train.eval_batch_size, cfg.device.amp)  # fmt: skip
+        metrics.update({f"{split}/{k}": v for k, v in split_m.items()})
+    steps = {"train/step_loss": state.step_losses}
+    if parts.schedule.per_batch:
+        steps["train/step_lr"] = state.step_lrs
+    tracker.log_epoch(epoch, {**metrics, "epoch_time_s": epoch_time, **speed}, steps)
+    shown = {k: v for k, v in metrics.items() if k != "train/lr"}
+    log.info(
+        f"Epoch {epoch}/{cfg.epochs}: "
+        + ", ".join(f"{k} {v:.4f}" for k, v in shown.items())
+        + f", {epoch_time:.2f} s"
+    )
+    return metrics
 
 
 def save_checkpoints(cfg, parts: Parts, state: TrainState, tracker, output_dir: Path, improved):
@@ -204,7 +265,7 @@ def save_checkpoints(cfg, parts: Parts, state: TrainState, tracker, output_dir: 
     last, best = output_dir / "last.pth", output_dir / "best.pth"
     config = OmegaConf.to_container(cfg, resolve=True, enum_to_str=True)
     about = {"run_id": tracker.run_id, "config": config, "data": parts.data.info()}
-    checkpoint.save_checkpoint(last, parts.model, parts.optimizer, state, **about)
+    checkpoint.save_checkpoint(last, parts, state, **about)
     if improved:
         shutil.copyfile(last, output_dir / ".best.pth.tmp")
         os.replace(output_dir / ".best.pth.tmp", best)
@@ -216,15 +277,19 @@ def save_checkpoints(cfg, parts: Parts, state: TrainState, tracker, output_dir: 
 def finish(cfg, parts: Parts, state: TrainState, tracker, output_dir: Path) -> None:
     """Write the run's outputs and add them to its record: the weights, the resolved config,
     the data facts, the plots, the MLflow model, Hydra's files and the log."""
-    checkpoint.save_weights(parts.model, output_dir / "model.pth")
+    model = parts.ema.module if parts.ema is not None else parts.model  # the weights evaluated
+    checkpoint.save_weights(model, output_dir / "model.pth")
     write_text(output_dir / "config.yaml", tracking.redact(OmegaConf.to_yaml(cfg, resolve=True)))
-    write_text(output_dir / "data.json", json.dumps(parts.data.info(), indent=1))
+    weights = "ema" if parts.ema is not None else "last"  # the moving average, or the last step's
+    write_text(
+        output_dir / "data.json", json.dumps({**parts.data.info(), "weights": weights}, indent=1)
+    )
     for name in ("model.pth", "config.yaml", "data.json"):
         tracker.log_artifact(output_dir / name)
     if cfg.train.plots:
-        draw_run_plots(parts.model, parts.data, state.history, output_dir / "plots")
+        draw_run_plots(model, parts.data, state.history, output_dir / "plots")
         tracker.log_artifact(output_dir / "plots", "plots")
     if cfg.mlflow.log_model:
-        tracker.log_model(parts.model, parts.data.inputs(parts.data.test.images[:2]))
+        tracker.log_model(model, parts.data.inputs(parts.data.test.images[:2]))
     tracker.log_artifact(output_dir / ".hydra", ".hydra")
     tracker.log_artifact(output_dir / "train.log")

@@ -4,7 +4,9 @@ Compares runs from the same store as `python -m train` (or --tracking-uri): a ta
 (overrides, status, best val acc, test acc, duration) sorted by a metric, optionally saved as
 CSV, and a figure of the metric against each hyperparameter that varies, with the val-acc curves
 of the top runs. With a sweep's parent run id, the runs are that sweep's jobs; otherwise every
-run of the experiment (default: mnistlab) except sweep parents.
+run of the experiment (default: mnistlab) except sweep parents. `--by-config` folds runs that
+differ only in their seed (tag config_digest) into one row each: n, mean and std of best val acc
+and test acc, and the best seed's run, best mean first.
 """
 
 import argparse
@@ -19,7 +21,10 @@ from mnistlab.errors import UserError
 
 TARGET_HELP = "experiment name or sweep parent run id (default: mnistlab)"
 COLUMNS = ["run_id", "name", "overrides", "status", "best_val_acc", "test_acc", "duration_s"]
-BOOKKEEPING = ("data.root", "data.cache_dir", "mlflow.", "resume", "force", "sweep_name")
+BY_CONFIG_HELP = (
+    "one row per config (runs alike but for the seed): n, mean and std of the accuracies"
+)
+BOOKKEEPING = ("data.root", "data.cache_dir", "mlflow.", "resume", "force", "sweep_name", "repeats")
 
 
 def collect(client: Any, target: str) -> tuple[str, list[dict[str, Any]]]:
@@ -64,12 +69,23 @@ def varying(rows: list[dict[str, Any]]) -> list[str]:
     """Hyperparameters whose values differ between the rows (bookkeeping keys aside)."""
     keys = sorted({k for r in rows for k in r["params"] if not k.startswith(BOOKKEEPING)})
     seen, out = set(), []
-    for key in keys:  # optimizer.lr, say, only repeats lr: one panel each
+    for key in keys:  # keys that always vary together (lr, scheduler.max_lr): one panel
         values = tuple(r["params"].get(key) for r in rows)
         if len(set(values)) > 1 and values not in seen:
             seen.add(values)
             out.append(key)
     return out
+
+
+def report_by_config(title: str, rows: list[dict[str, Any]], path: Path | None) -> None:
+    """Print the runs folded by config digest (seeds aggregated); write them as CSV if asked."""
+    keys = [k for k in varying(rows) if k != "seed"]
+    groups = tracking.by_config(rows, keys)
+    print(f"{title}: {len(rows)} runs in {len(groups)} configs, best mean val acc first")
+    print(tracking.table_by_config(groups, keys))
+    if path:
+        tracking.write_by_config(groups, keys, path)
+        print(f"table: {path}")
 
 
 def table(rows: list[dict[str, Any]]) -> str:
@@ -93,6 +109,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--csv", type=Path, default=None, help="also write the table here")
     parser.add_argument("--figure", type=Path, default=Path("report.png"), help="figure path")
     parser.add_argument("--top", type=int, default=5, help="runs whose val-acc curves to draw")
+    parser.add_argument("--by-config", action="store_true", help=BY_CONFIG_HELP)
     args = parser.parse_args(argv)
     from mlflow import MlflowClient
 
@@ -100,6 +117,8 @@ def main(argv: list[str] | None = None) -> None:
     title, rows = collect(MlflowClient(uri), args.target)
     if not rows:
         raise UserError(f"{args.target}: no runs to report in {tracking.redact(uri)}")
+    if args.by_config:
+        return report_by_config(title, rows, args.csv)
     rows.sort(key=sort_key(args.sort, args.ascending))
     print(f"{title}: {len(rows)} runs, sorted by {args.sort}")
     print(table(rows))

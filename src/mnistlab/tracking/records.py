@@ -16,6 +16,7 @@ def run_row(client: Any, run: Any) -> dict[str, Any]:
         "job_num": int(tags.get("sweep.job_num", -1)),
         "overrides": tags.get("sweep.overrides") or tags.get("hydra.overrides", ""),
         "status": run.info.status,
+        "config_digest": tags.get("config_digest", ""),
         "best_val_acc": max((v for _, v in val), default=float("nan")),
         "final_test_acc": run.data.metrics.get("test/acc", float("nan")),
         "final_test_loss": run.data.metrics.get("test/loss", float("nan")),

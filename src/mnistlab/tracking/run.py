@@ -7,6 +7,7 @@ with its metrics kept in the journal.
 """
 
 import logging
+import re
 import traceback
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -18,6 +19,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from mnistlab.errors import TrackingUnavailable
 from mnistlab.tracking.guard import Claim
+from mnistlab.tracking.lineage import config_digest
 from mnistlab.tracking.provenance import origin_tags
 from mnistlab.tracking.store import connect, redact, tracking_uri
 from mnistlab.tracking.sweep import child_context
@@ -46,12 +48,22 @@ def hydra_context() -> dict[str, Any]:
     return {"choices": choices, "overrides": list(hc.overrides.task)}
 
 
+def aliases(cfg: DictConfig) -> set[str]:
+    """Dotted keys whose value is only another key's (`optimizer.lr: ${lr}`): logged once, under
+    the key the user sets (`lr`)."""
+    raw = flatten(OmegaConf.to_container(cfg, resolve=False, enum_to_str=True))
+    return {key for key, value in raw.items() if re.fullmatch(r"\$\{[\w.]+\}", value)}
+
+
 def run_params(cfg: DictConfig) -> dict[str, str]:
-    """The run's params: every resolved leaf of its config, and each group's choice."""
+    """The run's params: every resolved leaf of its config, but for keys that only repeat
+    another (`optimizer.lr: ${lr}` is the param `lr`), and each group's choice."""
     container = OmegaConf.to_container(cfg, resolve=True, enum_to_str=True)
     container.pop("resume", None)  # where a run was resumed from is not a hyperparameter
+    container.pop("repeats", None)  # nor how many seeds a sweep ran: each run has its seed
     container["mlflow"].pop("tracking_uri", None)  # nor is the store, and its URI may hold secrets
-    return {**flatten(container), **hydra_context()["choices"]}
+    params = {k: v for k, v in flatten(container).items() if k not in aliases(cfg)}
+    return {**params, **hydra_context()["choices"]}
 
 
 def new_run(client: Any, experiment_id: str, cfg: DictConfig, output_dir: Path, tags: dict) -> str:
@@ -67,7 +79,8 @@ def new_run(client: Any, experiment_id: str, cfg: DictConfig, output_dir: Path, 
     run_name = cfg.mlflow.run_name or child.pop("run_name", None) or default_name
     all_tags = resolve_tags({
         **origin_tags(), "hydra.output_dir": str(output_dir),
-        "hydra.overrides": redact(" ".join(context["overrides"])), **tags, **child,
+        "hydra.overrides": redact(" ".join(context["overrides"])),
+        "config_digest": config_digest(cfg), **tags, **child,
     })  # fmt: skip
     run_id = client.create_run(experiment_id, tags=all_tags, run_name=run_name).info.run_id
     params = [Param(k, v) for k, v in run_params(cfg).items()]
@@ -108,6 +121,8 @@ def open_run(
     run = MlflowTracker(client, run_id, experiment_id, uri, output_dir, cfg.mlflow.offline_wait_s)
     if resume:
         run.catch_up(upto=resume[1])  # journal epochs the store missed are sent now
+    if cfg.mlflow.get("system_metrics", True):
+        run.start_system_metrics(resume=bool(resume))
     with closing(run):
         yield run
 
@@ -136,5 +151,6 @@ def closing(run: MlflowTracker) -> Iterator[None]:
             run.client.log_text(run.run_id, traceback.format_exc(), "traceback.txt")
         raise
     finally:
+        run.stop_system_metrics(send=status is not None)  # not to a store that went away
         if status is not None:
             run.client.set_terminated(run.run_id, status)

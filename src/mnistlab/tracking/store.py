@@ -76,32 +76,134 @@ def check_scheme(uri: str) -> None:
         )
 
 
-def server_problem(uri: str, timeout: float = 3.0) -> str | None:
-    """Why the MLflow server of an http(s) store does not answer /health (MLflow's own client
-    would retry one request for about 4 minutes); None if it does, or the store is no server."""
-    if not uri.startswith(("http://", "https://")):
-        return None
+PROBE = "/api/2.0/mlflow/experiments/search?max_results=1"  # a cheap query of the server's store
+WRITERS = {"EDIT", "MANAGE"}  # MLflow auth permissions that may add runs to an experiment
+LOGIN_FIX = "set MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD to your MLflow account"
+
+
+def login() -> Any:
+    """MLflow's own credentials for a server, from its environment variables (for requests)."""
+    user = os.environ.get("MLFLOW_TRACKING_USERNAME")
+    if user:
+        return (user, os.environ.get("MLFLOW_TRACKING_PASSWORD", ""))
+    token = os.environ.get("MLFLOW_TRACKING_TOKEN")
+    if token:
+        return lambda request: request.headers.update(Authorization=f"Bearer {token}") or request
+    return None
+
+
+def probe(uri: str, timeout: float | tuple[float, float]) -> tuple[str | None, int | None]:
+    """(why the server cannot take requests, else None; the HTTP status of a query of its
+    store, which needs the login and the server's database)."""
     import requests
 
     try:
         reply = requests.get(f"{uri.rstrip('/')}/health", timeout=timeout)
+        if not reply.ok:
+            return f"HTTP {reply.status_code} from /health", None
+        reply = requests.get(f"{uri.rstrip('/')}{PROBE}", auth=login(), timeout=timeout)
     except requests.RequestException as err:
-        return type(err).__name__
-    return None if reply.ok else f"HTTP {reply.status_code} from /health"
+        return type(err).__name__, None
+    if reply.status_code >= 500:  # e.g. its PostgreSQL is down
+        return f"HTTP {reply.status_code}: the server cannot query its store", reply.status_code
+    return None, reply.status_code
+
+
+def server_problem(uri: str, timeout: float = 3.0) -> str | None:
+    """Why the MLflow server of an http(s) store cannot take requests (no answer on /health, or
+    its database does not answer; MLflow's own client would retry one request for about 4
+    minutes); None if it can (a login it refuses is `check_login`'s), or the store is no server."""
+    if not uri.startswith(("http://", "https://")):
+        return None
+    return probe(uri, timeout)[0]
+
+
+def check_login(uri: str, status: int | None) -> None:
+    """Raise UserError if the server refused the query of its store for want of a login (401)
+    or of permission (403), naming MLflow's variables to set; the password is never shown."""
+    user = os.environ.get("MLFLOW_TRACKING_USERNAME")
+    where = f"mlflow.tracking_uri={redact(uri)}"
+    if status == 401 and not user:
+        raise UserError(f"{where}: the server asks for a login (HTTP 401); {LOGIN_FIX}")
+    if status == 401:
+        raise UserError(
+            f"{where}: the server refuses MLFLOW_TRACKING_USERNAME={user} (HTTP 401: wrong "
+            f"username or password); {LOGIN_FIX}"
+        )
+    if status == 403:
+        raise UserError(
+            f"{where}: user {user} has no permission to read experiments there (HTTP 403); ask "
+            "the server's admin for access"
+        )
 
 
 def check_server(uri: str, wait_s: float = 10.0) -> None:
-    """Raise UserError unless the store's server (if it has one) answers within `wait_s`."""
-    deadline = time.monotonic() + wait_s
-    while (problem := server_problem(uri)) is not None and time.monotonic() < deadline:
-        time.sleep(0.5)
-    if problem is None:
+    """Raise UserError unless the store's server (if it has one) answers within `wait_s`, and
+    takes this login (MLFLOW_TRACKING_USERNAME / MLFLOW_TRACKING_PASSWORD) if it asks for one."""
+    if not uri.startswith(("http://", "https://")):
         return
+    deadline = time.monotonic() + wait_s
+    # 3 s to connect, 30 s to answer: a server busy with a team's runs is slow, not away
+    while (found := probe(uri, (3.0, 30.0)))[0] is not None and time.monotonic() < deadline:
+        time.sleep(0.5)
+    problem, status = found
+    if problem is None:
+        check_login(uri, status)
+        return
+    if status is not None:
+        raise UserError(
+            f"mlflow.tracking_uri={redact(uri)}: the MLflow server there cannot query its store "
+            f"({problem.split(': ')[0]}); start its database, or see the server's log"
+        )
     raise UserError(
         f"mlflow.tracking_uri={redact(uri)}: no MLflow server answers there ({problem}); start one "
         "(mlflow server --host 127.0.0.1 --port 5000 --backend-store-uri sqlite:///mlruns/mlflow.db)"
         " or record runs locally in ./mlruns with mlflow=local"
     )
+
+
+def check_permission(uri: str, experiment_id: str, name: str) -> None:
+    """Raise UserError if the server's basic auth lets this user only read the experiment (a
+    run would fail on its first write); nothing to check on a server without auth."""
+    user = os.environ.get("MLFLOW_TRACKING_USERNAME")
+    if not user or not uri.startswith(("http://", "https://")):
+        return
+    import requests
+
+    try:  # a server without basic auth has no such endpoint (404): nothing to check
+        reply = requests.get(
+            f"{uri.rstrip('/')}/api/3.0/mlflow/users/permissions/get",
+            params={"username": user, "resource_type": "experiment", "resource_id": experiment_id},
+            auth=login(),
+            timeout=30,
+        )
+        permission = reply.json().get("permission") if reply.ok else None
+    except (requests.RequestException, ValueError):  # the run's first write will tell
+        return
+    if permission is not None and permission not in WRITERS:
+        raise UserError(
+            f"mlflow.experiment={name}: user {user} has no permission to add runs to it on "
+            f"{redact(uri)} ({permission}); ask its owner or the server's admin for EDIT, or use "
+            "an experiment of your own (mlflow.experiment=<new name>)"
+        )
+
+
+def check_database(uri: str) -> None:
+    """Raise UserError unless the database of a postgresql/mysql/mssql store takes a connection
+    within 5 s (MLflow would retry for about 2 minutes), or if its driver is not installed."""
+    scheme = urlparse(uri).scheme.split("+")[0]
+    if scheme not in ("postgresql", "mysql", "mssql"):
+        return
+    import sqlalchemy
+    from sqlalchemy.pool import NullPool
+
+    timeout = {"connect_timeout": 5} if scheme != "mssql" else {"timeout": 5}
+    try:
+        engine = sqlalchemy.create_engine(uri, poolclass=NullPool, connect_args=timeout)
+        with engine.connect():
+            pass
+    except (ImportError, sqlalchemy.exc.SQLAlchemyError) as err:
+        raise store_error(uri, err) from err
 
 
 def check_store(uri: str) -> None:
@@ -111,6 +213,7 @@ def check_store(uri: str) -> None:
         return
     check_scheme(uri)
     check_sqlite(uri)
+    check_database(uri)
     check_server(uri)
     _checked.add(uri)
 
@@ -166,6 +269,16 @@ def store_lock(db: Path | None) -> Iterator[None]:
         yield
 
 
+def store_error(uri: str, err: Exception) -> UserError:
+    """The one line for a store MLflow cannot open: no driver, a refusing database."""
+    reason = " ".join(f"{type(err).__name__}: {err}".split())[:300]
+    return UserError(
+        f"mlflow.tracking_uri={redact(uri)}: MLflow cannot open this store ({redact(reason)}); "
+        "check the address and credentials, and install the database's driver "
+        "(e.g. pip install 'psycopg[binary]' for postgresql, mysqlclient for mysql)"
+    )
+
+
 def connect(cfg: DictConfig) -> tuple[Any, str]:
     """Import MLflow and open the store and experiment (creating them if new): (client, id)."""
     import mlflow
@@ -181,16 +294,20 @@ def connect(cfg: DictConfig) -> tuple[Any, str]:
         with store_lock(db):  # the first process creates the store, the others wait for it
             client = MlflowClient(tracking_uri=uri)
             experiment_id = get_experiment_id(client, cfg.mlflow.experiment, uri)
+            check_permission(uri, experiment_id, cfg.mlflow.experiment)
             if db is not None:  # WAL: parallel runs write while others read
                 with sqlite3.connect(db, timeout=30) as con:
                     con.execute("PRAGMA journal_mode=WAL")
-    except (ImportError, MlflowException, SQLAlchemyError) as err:  # no driver, a refusing DB
-        reason = " ".join(f"{type(err).__name__}: {err}".split())[:300]
-        raise UserError(
-            f"mlflow.tracking_uri={redact(uri)}: MLflow cannot open this store ({redact(reason)}); "
-            "check the address and credentials, and install the database's driver "
-            "(e.g. pip install 'psycopg[binary]' for postgresql, mysqlclient for mysql)"
-        ) from err
+    except MlflowException as err:
+        if err.error_code == "PERMISSION_DENIED":  # e.g. to create the experiment
+            user = os.environ.get("MLFLOW_TRACKING_USERNAME")
+            raise UserError(
+                f"mlflow.experiment={cfg.mlflow.experiment}: user {user} has no permission to "
+                f"use it on {redact(uri)} ({err.error_code}); ask the server's admin for access"
+            ) from None
+        raise store_error(uri, err) from err
+    except (ImportError, SQLAlchemyError) as err:  # no driver, a refusing DB
+        raise store_error(uri, err) from err
     mlflow.set_experiment(experiment_id=experiment_id)  # where Model.log puts logged models
     return client, experiment_id
 

@@ -10,7 +10,6 @@ exits non-zero.
 
 import csv
 import logging
-import math
 import os
 import shlex
 import sys
@@ -24,6 +23,13 @@ from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
 from mnistlab.errors import UserError, exit_code, one_line
+from mnistlab.tracking.compare import (
+    best_config,
+    by_config,
+    compare_page,
+    config_figure,
+    write_by_config,
+)
 from mnistlab.tracking.guard import Claim
 from mnistlab.tracking.provenance import origin_tags
 from mnistlab.tracking.records import child_rows
@@ -207,18 +213,20 @@ def close_parent(status: str) -> None:
 
 def finish(status: str) -> None:
     """At exit: close a parent left open, and stop joblib's idle workers, which would otherwise
-    keep the process alive for 5 minutes."""
+    keep the process alive for 5 minutes. Idle workers are asked to exit, not killed (only an
+    interrupted sweep's are): a killed worker skips its exit handlers, which leaves the semaphore
+    of tqdm's multiprocessing lock registered with the resource tracker ("There appear to be 2
+    leaked semaphore objects to clean up at shutdown")."""
     close_parent(status)
     module = sys.modules.get("joblib.externals.loky.reusable_executor")
     executor = getattr(module, "_executor", None)
     if executor is not None:
-        executor.shutdown(wait=True, kill_workers=True)
+        executor.shutdown(wait=True, kill_workers=status == "KILLED")
 
 
 def summarise(client: Any, parent_run_id: str, sweep_dir: Path) -> int:
-    """Log best metrics, summary.csv and summary.png on the parent; return the failed job count."""
-    from mnistlab.plots import sweep_summary
-
+    """Log best metrics, summary.csv, summary_by_config.csv, summary.png and the compare page's
+    link on the parent; return the failed job count."""
     rows = child_rows(client, parent_run_id)
     failed_marks = list(sweep_dir.rglob(FAILED_MARK))
     failed = max(len(failed_marks), sum(r["status"] != "FINISHED" for r in rows))
@@ -226,25 +234,62 @@ def summarise(client: Any, parent_run_id: str, sweep_dir: Path) -> int:
     n_jobs = len(rows) + max(0, runless)
     client.set_tag(parent_run_id, "sweep.n_jobs", str(n_jobs))
     client.set_tag(parent_run_id, "sweep.n_failed", str(failed))
-    finished = [r for r in rows if r["status"] == "FINISHED" and not math.isnan(r["best_val_acc"])]
-    if finished:
-        best = max(finished, key=lambda r: r["best_val_acc"])
-        client.log_metric(parent_run_id, "best/val_acc", best["best_val_acc"])
-        client.log_metric(parent_run_id, "best/test_acc", best["final_test_acc"])
-        client.set_tag(parent_run_id, "best_run_id", best["run_id"])
-        log.info(f"Best job: {best['overrides']} val acc {best['best_val_acc']:.4f}")
+    swept = [k for k in os.environ.get(SWEPT_ENV, "").split(",") if k]
+    groups = by_config(rows, swept)
+    log_best(client, parent_run_id, groups)
     summary_dir = sweep_dir / "summary"
     summary_dir.mkdir(parents=True, exist_ok=True)
+    write_summaries(rows, groups, swept, summary_dir)
+    for name in ("summary.csv", "summary_by_config.csv", "summary.png"):
+        client.log_artifact(parent_run_id, str(summary_dir / name))
+    link_compare_page(client, parent_run_id, rows)
+    if failed:
+        log.error(f"{failed} of {n_jobs} sweep jobs failed; see {summary_dir / 'summary.csv'}")
+    return failed
+
+
+def log_best(client: Any, parent_run_id: str, groups: list[dict[str, Any]]) -> None:
+    """best/* and best_run_id on the parent: the config with the best mean val acc, and its best
+    seed (with one seed per config, simply the best job)."""
+    best = best_config(groups)
+    if best is None:
+        return
+    run = next(r for r in best["runs"] if r["run_id"] == best["best_run_id"])
+    client.log_metric(parent_run_id, "best/val_acc", run["best_val_acc"])
+    client.log_metric(parent_run_id, "best/test_acc", run["final_test_acc"])
+    client.log_metric(parent_run_id, "best/val_acc_mean", best["val_acc_mean"])
+    client.log_metric(parent_run_id, "best/test_acc_mean", best["test_acc_mean"])
+    client.set_tag(parent_run_id, "best_run_id", run["run_id"])
+    client.set_tag(parent_run_id, "best_config_digest", best["config_digest"])
+    log.info(
+        f"Best config: {run['overrides']} mean val acc {best['val_acc_mean']:.4f} over "
+        f"{best['n']} seed(s); its best seed: val acc {run['best_val_acc']:.4f}"
+    )
+
+
+def write_summaries(rows: list, groups: list, swept: list[str], summary_dir: Path) -> None:
+    """summary.csv (a row per job), summary_by_config.csv (a row per config) and summary.png
+    (means with error bars when a config ran more than one seed)."""
+    from mnistlab.plots import sweep_summary
+
     columns = ["run_id", "job_num", "overrides", "status", "best_val_acc", "final_test_acc",
-               "final_test_loss", "duration_s"]  # fmt: skip
+               "final_test_loss", "duration_s", "config_digest"]  # fmt: skip
     with open(summary_dir / "summary.csv", "w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=columns, extrasaction="ignore")
         writer.writeheader()
         writer.writerows(rows)
-    swept = [k for k in os.environ.get(SWEPT_ENV, "").split(",") if k]
-    sweep_summary(rows, swept, summary_dir / "summary.png")
-    client.log_artifact(parent_run_id, str(summary_dir / "summary.csv"))
-    client.log_artifact(parent_run_id, str(summary_dir / "summary.png"))
-    if failed:
-        log.error(f"{failed} of {n_jobs} sweep jobs failed; see {summary_dir / 'summary.csv'}")
-    return failed
+    write_by_config(groups, swept, summary_dir / "summary_by_config.csv")
+    if any(g["n"] > 1 for g in groups):
+        config_figure(groups, swept, summary_dir / "summary.png")
+    else:
+        sweep_summary(rows, swept, summary_dir / "summary.png")
+
+
+def link_compare_page(client: Any, parent_run_id: str, rows: list[dict[str, Any]]) -> None:
+    """Tag the parent with the link to MLflow's compare page for its children, and print it."""
+    if not rows:
+        return
+    experiment_id = client.get_run(parent_run_id).info.experiment_id
+    url, how = compare_page(client.tracking_uri, experiment_id, [r["run_id"] for r in rows])
+    client.set_tag(parent_run_id, "sweep.compare_url", url)
+    log.info(f"Compare the sweep's runs: {how}")

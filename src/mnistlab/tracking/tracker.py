@@ -41,6 +41,7 @@ class MlflowTracker:
         self.journal = output_dir / "metrics.jsonl"
         self.failure: str | None = None  # why the last attempt failed, while batches wait
         self.logged = 0  # the last epoch the store had when the run was (re)opened
+        self.system: Any = None  # MLflow's system metrics monitor (tracking.system), if on
         self._queue: queue.Queue = queue.Queue()
         threading.Thread(target=self._send_forever, name="mlflow-sender", daemon=True).start()
 
@@ -71,12 +72,12 @@ class MlflowTracker:
         self.failure = reason
         return False
 
-    def log_epoch(self, epoch: int, metrics: dict[str, float], step_losses: list) -> None:
+    def log_epoch(self, epoch: int, metrics: dict[str, float], steps: dict[str, list]) -> None:
         """Keep the epoch in the journal, then queue it for the store as one batch (an epoch the
         store had before a resume is not sent twice)."""
         if epoch <= self.logged:
             return
-        record = {"epoch": epoch, "metrics": metrics, "step_losses": step_losses}
+        record = {"epoch": epoch, "metrics": metrics, "steps": steps}
         with open(self.journal, "a") as f:
             f.write(json.dumps(record) + "\n")
             f.flush()
@@ -92,8 +93,14 @@ class MlflowTracker:
 
         now, epoch = int(time.time() * 1000), record["epoch"]
         batch = [Metric(k, float(v), now, epoch) for k, v in record["metrics"].items()]
-        batch += [Metric("train/step_loss", v, now, step) for step, v in record["step_losses"]]
+        steps = record.get("steps") or {"train/step_loss": record.get("step_losses", [])}
+        batch += [Metric(k, float(v), now, s) for k, points in steps.items() for s, v in points]
         self._queue.put(lambda: self.client.log_batch(self.run_id, metrics=batch, synchronous=True))
+
+    def log_tags(self, tags: dict[str, str]) -> None:
+        """Queue tags for the run, behind the metrics."""
+        for key, value in tags.items():
+            self._queue.put(lambda k=key, v=value: self.client.set_tag(self.run_id, k, v))
 
     def log_artifact(self, path: Path, artifact_path: str | None = None) -> None:
         """Queue a file, or a folder's contents, for the run's artifacts, behind the metrics: an
@@ -105,6 +112,26 @@ class MlflowTracker:
             self.client.log_artifacts(self.run_id, str(path), artifact_path)
         elif path.exists():
             self.client.log_artifact(self.run_id, str(path), artifact_path)
+
+    def log_dataset(self, data: Any, cfg: Any) -> None:
+        """Queue the run's train, val and test splits as MLflow dataset inputs (name, source,
+        digest over each split's samples), behind the metrics."""
+        from mnistlab.tracking.lineage import dataset_inputs
+
+        inputs = dataset_inputs(data, cfg)
+        self._queue.put(lambda: self.client.log_inputs(self.run_id, datasets=inputs))
+
+    def start_system_metrics(self, resume: bool) -> None:
+        """Start MLflow's system metrics monitor on this run."""
+        from mnistlab.tracking.system import SystemMetrics
+
+        self.system = SystemMetrics(self.run_id, self.uri, resume)
+
+    def stop_system_metrics(self, send: bool = True) -> None:
+        """Stop the monitor, if any; with `send`, log its last point and wait for the store."""
+        if self.system is not None:
+            self.system.stop(send)
+            self.system = None
 
     def log_model(self, model: Any, example: Any) -> None:
         """Log `model` as an MLflow PyTorch model "model", ready for the Model Registry and

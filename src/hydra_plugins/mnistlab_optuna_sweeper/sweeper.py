@@ -1,0 +1,203 @@
+"""The search: ask Optuna for a batch of trials, launch them as Hydra jobs (trial N is job N),
+tell Optuna how each ended, and at the end put the results on the MLflow parent run.
+
+Search-space parsing follows hydra-optuna-sweeper 1.3 (`_impl.py`, MIT, facebookresearch/hydra):
+`interval(a, b)` is a float (or int, if both ends are) uniform, `tag(log, interval(...))` its log
+form, `choice(...)` categorical, `range(a, b[, step])` an int (or float) with a step (both ends
+included, as there), a shuffled range categorical, and a plain value a fixed override.
+"""
+
+import logging
+import math
+import sys
+from typing import Any
+
+from hydra.core.override_parser.overrides_parser import OverridesParser
+from hydra.core.override_parser.types import Override, Transformer
+from hydra.core.plugins import Plugins
+from hydra.plugins.sweeper import Sweeper
+from hydra.types import HydraContext, TaskFunction
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+
+from mnistlab import tracking
+from mnistlab.errors import UserError
+
+log = logging.getLogger(__name__)
+
+
+def distribution(override: Override) -> Any:
+    """The Optuna distribution of one sweep override (None for a plain value)."""
+    from optuna.distributions import (
+        CategoricalDistribution,
+        FloatDistribution,
+        IntDistribution,
+    )  # fmt: skip
+
+    if not override.is_sweep_override():
+        return None
+    value = override.value()
+    if override.is_choice_sweep() or (override.is_range_sweep() and value.shuffle):
+        return CategoricalDistribution(list(override.sweep_iterator(Transformer.encode)))
+    if override.is_range_sweep():
+        ints = all(isinstance(v, int) for v in (value.start, value.stop, value.step))
+        kind = IntDistribution if ints else FloatDistribution
+        return kind(value.start, value.stop, step=value.step)
+    if override.is_interval_sweep():
+        log_scale = "log" in value.tags
+        if isinstance(value.start, int) and isinstance(value.end, int):
+            return IntDistribution(value.start, value.end, log=log_scale)
+        return FloatDistribution(value.start, value.end, log=log_scale)
+    raise UserError(f"{override.input_line}: Optuna takes interval, choice or range sweeps")
+
+
+def search_space(arguments: list[str]) -> tuple[dict[str, Any], dict[str, str]]:
+    """(distributions by key, fixed values by key) of `hydra.sweeper.params` and the command
+    line's overrides; a bad one raises UserError naming it."""
+    try:
+        parsed = OverridesParser.create().parse_overrides(arguments)
+        space, fixed = {}, {}
+        for override in parsed:
+            key, dist = override.get_key_element(), distribution(override)
+            if dist is None:  # a plain value on the command line replaces a searched one
+                fixed[key] = override.get_value_element_as_str()
+                space.pop(key, None)
+            else:
+                space[key] = dist
+                fixed.pop(key, None)
+        return space, fixed
+    except UserError:
+        raise
+    except Exception as err:  # Hydra's grammar, or a distribution Optuna refuses
+        raise UserError(f"hydra.sweeper.params: {str(err).splitlines()[0]}") from None
+
+
+class MnistlabOptunaSweeper(Sweeper):
+    """Hydra sweeper over a persistent Optuna study (config: `config.MnistlabOptunaSweeperConf`)."""
+
+    def __init__(self, **settings: Any) -> None:
+        self.settings = OmegaConf.create(settings)
+        self.config: DictConfig | None = None
+        self.launcher: Any = None
+
+    def setup(
+        self, *, hydra_context: HydraContext, task_function: TaskFunction, config: DictConfig
+    ) -> None:
+        """Keep the config and instantiate the launcher that runs the trials."""
+        self.config = config
+        self.launcher = Plugins.instance().instantiate_launcher(
+            config=config, hydra_context=hydra_context, task_function=task_function
+        )
+
+    def sweep(self, arguments: list[str]) -> None:
+        """Run `n_trials` more trials of the study, `n_jobs` at a time; one line and exit 2 for a
+        bad setting."""
+        try:
+            study, space, fixed = self.open_study(arguments)
+        except UserError as err:
+            print(f"Error: {err}", file=sys.stderr)
+            raise SystemExit(2) from None
+        done: list[int] = []
+        to_go = int(self.settings.n_trials)
+        while to_go > 0:
+            batch = [study.ask(space) for _ in range(min(to_go, max(1, self.settings.n_jobs)))]
+            done += self.run_batch(study, batch, fixed)
+            to_go -= len(batch)
+        from hydra_plugins.mnistlab_optuna_sweeper.results import report
+
+        report(study, done, self.config, self.settings)
+
+    def open_study(self, arguments: list[str]) -> tuple[Any, dict[str, Any], dict[str, str]]:
+        """The study (created, or loaded to continue it), its search space and fixed values; a
+        trial left RUNNING by a search that was killed is failed first."""
+        import optuna
+
+        params = self.settings.params or {}
+        space, fixed = search_space([f"{k}={v}" for k, v in params.items()] + list(arguments))
+        if not self.settings.study_name:
+            raise UserError("hydra.sweeper.study_name=null: name the study (it is resumed by name)")
+        job_cfg = OmegaConf.masked_copy(self.config, [k for k in self.config if k != "hydra"])
+        url = tracking.study_storage(self.settings.storage, job_cfg)
+        study = optuna.create_study(
+            storage=tracking.open_storage(url),
+            study_name=str(self.settings.study_name),
+            pruner=tracking.make_pruner(self.settings, self.config.epochs),
+            direction=str(getattr(self.settings.direction, "name", self.settings.direction)),
+            load_if_exists=True,
+        )
+        for dead in study.get_trials(states=(optuna.trial.TrialState.RUNNING,)):
+            log.warning(f"Optuna trial {dead.number} was left running by an earlier search "
+                        "that stopped: FAIL")  # fmt: skip
+            study.tell(dead.number, state=optuna.trial.TrialState.FAIL)
+        before = len(study.get_trials(deepcopy=False))
+        study.sampler = self.make_sampler(before) or study.sampler
+        log.info(f"Optuna study {study.study_name} in {tracking.redact(url)}: {before} trials "
+                 f"so far, {self.settings.n_trials} to run; searching {sorted(space)}")  # fmt: skip
+        return study, space, fixed
+
+    def make_sampler(self, trials_so_far: int) -> Any:
+        """`hydra.sweeper.sampler`, its seed moved on by the trials the study holds: a continued
+        study proposes new values (the same seed would propose its first trials again)."""
+        sampler = self.settings.sampler
+        if sampler is None:
+            return None
+        if sampler.get("seed") is not None:
+            return instantiate(sampler, seed=int(sampler.seed) + trials_so_far)
+        return instantiate(sampler)
+
+    def run_batch(self, study: Any, trials: list, fixed: dict[str, str]) -> list[int]:
+        """Launch the trials (trial N as job N) and tell Optuna how each ended; a batch stopped
+        by Ctrl-C fails its trials."""
+        import optuna
+
+        ended = False
+        try:
+            returns = []
+            for first, group in contiguous(trials):
+                overrides = [
+                    tuple(f"{k}={v}" for k, v in {**t.params, **fixed}.items()) for t in group
+                ]
+                returns += self.launcher.launch(overrides, initial_job_idx=first)
+            for trial, ret in zip(trials, returns, strict=True):
+                state, value = outcome(study, trial, ret)
+                study.tell(trial, state=state, values=value)
+            ended = True
+        finally:
+            if not ended:
+                running = {t.number for t in study.get_trials(
+                    deepcopy=False, states=(optuna.trial.TrialState.RUNNING,))}  # fmt: skip
+                for trial in trials:
+                    if trial.number in running:
+                        study.tell(trial, state=optuna.trial.TrialState.FAIL)
+        return [t.number for t in trials]
+
+
+def contiguous(trials: list) -> list[tuple[int, list]]:
+    """The trials in runs of consecutive numbers, each with its first number (a job's number is
+    its trial's; another search of the same study may have taken numbers in between)."""
+    groups: list[tuple[int, list]] = []
+    for trial in trials:
+        if groups and groups[-1][0] + len(groups[-1][1]) == trial.number:
+            groups[-1][1].append(trial)
+        else:
+            groups.append((trial.number, [trial]))
+    return groups
+
+
+def outcome(study: Any, trial: Any, ret: Any) -> tuple[Any, float | None]:
+    """(state, value) of a launched trial: PRUNED if its job said so, FAIL if the job raised or
+    answered NaN (a failed or diverged run), else COMPLETE with its best val accuracy."""
+    from optuna.trial import TrialState
+
+    now = next(t for t in study.get_trials(deepcopy=False) if t.number == trial.number)
+    if tracking.PRUNED_ATTR in now.user_attrs:
+        return TrialState.PRUNED, None
+    try:
+        value = float(ret.return_value)
+    except Exception as err:  # the job raised: JobReturn re-raises it here
+        log.warning(f"Optuna trial {trial.number} failed: {type(err).__name__}: {err}")
+        return TrialState.FAIL, None
+    if not math.isfinite(value):
+        log.warning(f"Optuna trial {trial.number} failed (its job answered {value})")
+        return TrialState.FAIL, None
+    return TrialState.COMPLETE, value
