@@ -208,6 +208,31 @@ def test_two_sweeps_and_runs_at_once_all_arrive(team, tmp_path):
     assert "epochs: 2" in Path(download).read_text()
 
 
+def test_an_optuna_search_keeps_its_study_in_the_team_postgresql(team, tmp_path):
+    settings = dict(kv.split("=", 1) for kv in (team.folder / "team.env").read_text().split())
+    pg_bin = subprocess.run(["pg_config", "--bindir"], capture_output=True, text=True)
+    createdb = Path(pg_bin.stdout.strip() or "/usr/lib/postgresql/15/bin") / "createdb"
+    subprocess.run(
+        [str(createdb), "-h", "127.0.0.1", "-p", settings["db_port"], "-U", "mlflow", "optuna"],
+        env={**os.environ, "PGPASSWORD": settings["db_password"]}, check=True, timeout=60,
+    )  # fmt: skip
+    storage = (f"postgresql+psycopg://mlflow:{settings['db_password']}@127.0.0.1:"
+               f"{settings['db_port']}/optuna")  # fmt: skip
+    search = ["-m", *SYNTH, "epochs=1", "hparams_search=optuna", "hydra.sweeper.n_trials=2",
+              f"hydra.sweeper.storage={storage}", "mlflow.experiment=search"]  # fmt: skip
+    for attempt, trials in (("first", 2), ("again", 4)):  # the same command continues the study
+        proc = team.start(tmp_path / attempt, search)
+        output = proc.communicate(timeout=400)[0]
+        assert proc.returncode == 0, output[-3000:]
+        assert settings["db_password"] not in output  # the storage URI's password is not shown
+        import optuna
+
+        study = optuna.load_study(study_name="mnistlab", storage=storage)
+        assert [t.state.name for t in study.trials] == ["COMPLETE"] * trials
+    children = [r for r in team.runs("search") if "mlflow.parentRunId" in r.data.tags]
+    assert sorted(int(r.data.tags["optuna.trial_number"]) for r in children) == [0, 1, 2, 3]
+
+
 def kill_server(team: Team) -> None:
     pid = int((team.folder / "mlflow.pid").read_text())
     os.killpg(pid, signal.SIGKILL)  # the server and its workers, with no shutdown at all

@@ -131,9 +131,11 @@ def jobs_checked() -> bool:
     )
 
 
-def check_command_line(argv: list[str]) -> None:
+def check_command_line(argv: list[str]) -> list[str]:
     """Compose and validate the config of every job the command line asks for, before Hydra
-    starts and before any MLflow run exists; raise UserError naming the first mistake.
+    starts and before any MLflow run exists; raise UserError naming the first mistake. Returns
+    the command line, with a setting that tells its jobs (in this process or a launcher's
+    workers) that their configs passed.
 
     Command lines with Hydra's own flags (--help, --cfg, -c, ...) are left to Hydra.
     """
@@ -150,7 +152,7 @@ def check_command_line(argv: list[str]) -> None:
                 "(python -m train --help lists them)"
             )
     if any(a.startswith("-") for a in overrides):
-        return
+        return argv
     try:
         jobs = [overrides]
         if multirun:  # every job of the sweep, with the command line's hydra.* settings
@@ -164,10 +166,10 @@ def check_command_line(argv: list[str]) -> None:
             stores.setdefault(str(cfg.mlflow.tracking_uri), cfg)
         for cfg in stores.values():  # once every job's config is known good
             check_outputs(cfg, multirun)
-        os.environ[CHECKED_ENV] = "1"  # for the jobs, here or in a launcher's workers
     except UserError:
         raise
     except (HydraException, OmegaConfBaseException) as err:
         raise UserError(explain(err)) from err
     except Exception as err:  # anything else Hydra's parser lets through, e.g. `=1`
         raise UserError(f"{explain(err)} (in the overrides {' '.join(overrides)})") from err
+    return [*argv, f"++hydra.job.env_set.{CHECKED_ENV}=1"]  # set in this command's jobs only
