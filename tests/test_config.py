@@ -1,5 +1,6 @@
 """Every config option composes and instantiates; bad types and unknown keys fail at composition."""
 
+import os
 from pathlib import Path
 
 import pytest
@@ -212,3 +213,18 @@ def test_cli_setup_errors_are_one_line_with_exit_2_and_no_run(tmp_path: Path, ar
     assert result.stderr.startswith(message)
     assert "Traceback" not in result.stderr + result.stdout
     assert not (tmp_path / "mlruns").exists()
+
+
+def test_the_check_marks_only_its_own_jobs_as_checked(tmp_path, monkeypatch):
+    # a mark in this process's environment would leak into every command started from it
+    from mnistlab.cli import CHECKED_ENV, check_command_line
+
+    monkeypatch.chdir(tmp_path)
+    argv = check_command_line(["data=synthetic", "epochs=1"])
+    assert CHECKED_ENV not in os.environ
+    assert argv == ["data=synthetic", "epochs=1", f"++hydra.job.env_set.{CHECKED_ENV}=1"]
+    assert check_command_line(["--config-dir", "x", "epochs=1"]) == [
+        "--config-dir",
+        "x",
+        "epochs=1",
+    ]  # fmt: skip  (Hydra's flags: the jobs check themselves)
