@@ -116,7 +116,9 @@ def test_hopeless_trials_are_pruned_and_a_diverging_trial_fails(tmp_path):
 
 
 def test_a_killed_search_loses_no_finished_trial_and_resumes(tmp_path):
-    args = [*OPTUNA, "epochs=3", "hydra.sweeper.n_trials=3", "hydra.sweeper.pruner=none"]
+    # epochs of a second or more, so that the kill lands inside trial 1, not after it
+    args = [*OPTUNA, "data.train_size=40000", "epochs=3", "hydra.sweeper.n_trials=3",
+            "hydra.sweeper.pruner=none"]  # fmt: skip
     proc = subprocess.Popen([sys.executable, "-m", "train", *args], cwd=tmp_path, env=cli_env(),
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
     try:
