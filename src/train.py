@@ -80,6 +80,7 @@ def run_and_exit() -> None:
         sys.argv += [f"hydra.run.dir={scratch}", "hydra.output_subdir=null"]
     try:
         sys.argv[1:] = expand_repeats(sys.argv[1:])
+        tracking.STATE.command = sys.argv[1:]  # what the sweep records, without the check's mark
         sys.argv[1:] = check_command_line(sys.argv[1:])
     except Exception as err:  # one line, exit 2, before any job or MLflow run exists
         if os.environ.get("HYDRA_FULL_ERROR") != "1":

@@ -50,6 +50,7 @@ class _State:
     parent_run_id: str | None = None
     failed_jobs: int = 0
     claim: Claim | None = None  # the sweep dir's lock, and the parent run's watchdog
+    command: list[str] | None = None  # the arguments as the user gave them (none of our marks)
 
 
 STATE = _State()
@@ -143,10 +144,11 @@ def reopen_parent(client: Any, sweep_dir: Path) -> str | None:
 
 def parent_tags(config: DictConfig, sweep_dir: Path, swept: list[str]) -> dict[str, str]:
     """The parent run's tags: how the sweep was started, and what it varies."""
+    given = STATE.command if STATE.command is not None else sys.argv[1:]
     return {
         **origin_tags(),
         "sweep.dir": str(sweep_dir),
-        "sweep.command": redact(shlex.join(["python", "-m", "train", *sys.argv[1:]])),
+        "sweep.command": redact(shlex.join(["python", "-m", "train", *given])),
         "sweep.swept_keys": ",".join(swept),
         "sweep.sweeper": str(OmegaConf.select(config, "hydra.sweeper._target_")),
         "sweep.launcher": str(OmegaConf.select(config, "hydra.launcher._target_")),
