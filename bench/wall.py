@@ -1,81 +1,122 @@
-"""Whole-process wall clock: `python -m train epochs=1` against the tutorial script run as-is.
+"""Whole-process wall clock: `python -m train` against the tutorial script run as-is.
 
-    python bench/wall.py [--repeats 3] [--epochs 1]
+    python bench/wall.py [--repeats 3] [--epochs 1] [--sweep-jobs 8]
 
-Each command runs in a fresh temp directory (so MLflow creates a new store, as for a new user),
-the two take turns, and the best and median of each are compared. Also times the fast paths that
-import no torch: `python -m train --cfg job` and `--help`.
+Side by side, in one run, medians (and bests) of `--repeats`:
+- one run of `--epochs` as a whole process, mnistlab and the tutorial taking turns;
+- where mnistlab's time goes, from its train.log (a run with `train.log_every=1`): command to
+  first training step, training, and last epoch's metrics to exit;
+- a sweep of `--sweep-jobs` one-epoch jobs (`hydra/launcher=joblib hydra.launcher.n_jobs=2`)
+  against the tutorial script run that many times in a row (0 skips it);
+- the fast paths that import no torch: `python -m train --cfg job` and `--help`.
+
+Each command runs in a fresh temp directory, so MLflow creates a new store, as for a new user.
 """
 
 import argparse
 import os
+import re
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
+from datetime import datetime
 from pathlib import Path
-
-from mlflow import MlflowClient
 
 HERE = Path(__file__).resolve().parent
 ROOT = str(Path(os.environ.get("MNISTLAB_DATA", HERE.parents[1] / "shared" / "data")).resolve())
+STAMP = re.compile(r"^\[(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3})\]")
 
 
-def timed(cmd: list[str], cwd: str, **env: str) -> float:
-    """Seconds `cmd` took; fails loudly if it failed."""
-    start = time.perf_counter()
-    subprocess.run(cmd, cwd=cwd, env={**os.environ, **env}, check=True, capture_output=True)
-    return time.perf_counter() - start
+def timed(cmd: list[str], cwd: str, **env: str) -> tuple[float, float]:
+    """(start, end) wall-clock times of `cmd`; fails loudly if it failed."""
+    start = time.time()
+    done = subprocess.run(cmd, cwd=cwd, env={**os.environ, **env}, capture_output=True, text=True)
+    if done.returncode != 0:
+        sys.exit(f"{' '.join(cmd)} failed:\n{done.stderr[-3000:]}")
+    return start, time.time()
 
 
-def epoch_time(cwd: str) -> float:
-    """The first `epoch_time_s` that the mnistlab run in `cwd` logged."""
-    client = MlflowClient(f"sqlite:///{cwd}/mlruns/mlflow.db")
-    (run,) = client.search_runs([client.get_experiment_by_name("mnistlab").experiment_id])
-    return client.get_metric_history(run.info.run_id, "epoch_time_s")[0].value
+def tutorial(epochs: int) -> float:
+    """Seconds the tutorial script takes for `epochs`, in a fresh folder."""
+    with tempfile.TemporaryDirectory() as cwd:
+        start, end = timed([sys.executable, str(HERE / "tutorial.py")], cwd,
+                           EPOCHS=str(epochs), MNISTLAB_DATA=ROOT)  # fmt: skip
+    return end - start
+
+
+def mnistlab(args: list[str]) -> float:
+    """Seconds `python -m train ARGS` takes, in a fresh folder."""
+    with tempfile.TemporaryDirectory() as cwd:
+        start, end = timed([sys.executable, "-m", "train", *args, f"data.root={ROOT}"], cwd)
+    return end - start
+
+
+def phases(epochs: int) -> dict[str, float]:
+    """Where a run's time goes: launch to first step, training, last epoch's metrics to exit."""
+    with tempfile.TemporaryDirectory() as cwd:
+        cmd = [sys.executable, "-m", "train", f"data.root={ROOT}", f"epochs={epochs}",
+               "train.log_every=1"]  # fmt: skip
+        start, end = timed(cmd, cwd)
+        (log,) = Path(cwd, "outputs").glob("*/*/train.log")
+        lines = log.read_text().splitlines()
+
+    def when(pattern: str, last: bool = False) -> float:
+        found = [line for line in lines if re.search(pattern, line) and STAMP.match(line)]
+        stamp = STAMP.match(found[-1 if last else 0]).group(1)
+        return datetime.strptime(stamp, "%Y-%m-%d %H:%M:%S,%f").timestamp()
+
+    first, last = when(r"Step \[\s*1 /"), when(rf"Epoch {epochs}/{epochs}: ", last=True)
+    return {
+        "to first step": first - start,
+        "training": last - first,
+        "last epoch to exit": end - last,
+    }
+
+
+def row(name: str, times: list[float]) -> str:
+    return f"{name:<34}{min(times):>8.2f} s{statistics.median(times):>8.2f} s"
 
 
 def main() -> None:
-    """Alternate the two programs, then print wall times and ratios."""
+    """Time everything, then print the figures and ratios."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--epochs", type=int, default=1)
+    parser.add_argument("--sweep-jobs", type=int, default=8)
     args = parser.parse_args()
 
     walls: dict[str, list[float]] = {"tutorial": [], "mnistlab": []}
-    epochs: list[float] = []
+    split: dict[str, list[float]] = {}
     for _ in range(args.repeats):
-        with tempfile.TemporaryDirectory() as cwd:
-            walls["tutorial"].append(
-                timed(
-                    [sys.executable, str(HERE / "tutorial.py")],
-                    cwd,
-                    EPOCHS=str(args.epochs),
-                    MNISTLAB_DATA=ROOT,
-                )
-            )
-        with tempfile.TemporaryDirectory() as cwd:
-            cmd = [sys.executable, "-m", "train", f"epochs={args.epochs}", f"data.root={ROOT}"]
-            walls["mnistlab"].append(timed(cmd, cwd))
-            epochs.append(epoch_time(cwd))
-    with tempfile.TemporaryDirectory() as cwd:
-        cfg_job = min(timed([sys.executable, "-m", "train", "--cfg", "job"], cwd) for _ in range(3))
-        help_ = min(timed([sys.executable, "-m", "train", "--help"], cwd) for _ in range(3))
+        walls["tutorial"].append(tutorial(args.epochs))
+        walls["mnistlab"].append(mnistlab([f"epochs={args.epochs}"]))
+        for phase, seconds in phases(args.epochs).items():
+            split.setdefault(phase, []).append(seconds)
+    sweep = {}
+    if args.sweep_jobs:
+        seeds = ",".join(str(s) for s in range(args.sweep_jobs))
+        sweep["mnistlab"] = mnistlab(["-m", "epochs=1", f"seed={seeds}", "hydra/launcher=joblib",
+                                      "hydra.launcher.n_jobs=2"])  # fmt: skip
+        sweep["tutorial"] = sum(tutorial(1) for _ in range(args.sweep_jobs))
+    cfg_job = min(mnistlab(["--cfg", "job"]) for _ in range(3))
+    help_ = min(mnistlab(["--help"]) for _ in range(3))
 
-    print(f"whole process, {args.epochs} epoch(s), best / median of {args.repeats}")
-    for name, ts in walls.items():
-        print(f"{name:<10}{min(ts):>8.2f} s{statistics.median(ts):>8.2f} s")
-    best = {name: min(ts) for name, ts in walls.items()}
-    med = {name: statistics.median(ts) for name, ts in walls.items()}
-    print(
-        f"tutorial / mnistlab wall: best {best['tutorial'] / best['mnistlab']:.2f}x, "
-        f"median {med['tutorial'] / med['mnistlab']:.2f}x"
-    )
-    print(
-        f"mnistlab epoch_time_s (first epoch, as logged): best {min(epochs):.2f} s, "
-        f"median {statistics.median(epochs):.2f} s"
-    )
+    print(f"whole process, {args.epochs} epoch(s)            best   median of {args.repeats}")
+    for name, times in walls.items():
+        print(row(name, times))
+    best = min(walls["mnistlab"]) / min(walls["tutorial"])
+    med = statistics.median(walls["mnistlab"]) / statistics.median(walls["tutorial"])
+    print(f"mnistlab / tutorial wall: best {best:.2f}x, median {med:.2f}x")
+    print("mnistlab's run, from its train.log (train.log_every=1)")
+    for phase, times in split.items():
+        print(row(f"  {phase}", times))
+    if sweep:
+        ratio = sweep["mnistlab"] / sweep["tutorial"]
+        print(f"sweep of {args.sweep_jobs} one-epoch jobs (joblib, 2 workers): "
+              f"mnistlab {sweep['mnistlab']:.1f} s, tutorial x{args.sweep_jobs} in a row "
+              f"{sweep['tutorial']:.1f} s: {ratio:.2f}x")  # fmt: skip
     print(f"python -m train --cfg job: {cfg_job:.2f} s; --help: {help_:.2f} s (target < 1.5 s)")
 
 

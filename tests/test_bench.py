@@ -10,11 +10,11 @@ from conftest import DATA_ROOT, REPO
 ENV = {"MNISTLAB_DATA": os.path.relpath(DATA_ROOT, REPO), "PATH": os.environ["PATH"]}
 
 
-def bench(script: str) -> list[str]:
-    """Run `python bench/SCRIPT --repeats 1` from the repository root; its output lines."""
+def bench(script: str, *args: str) -> list[str]:
+    """Run `python bench/SCRIPT --repeats 1 ARGS` from the repository root; its output lines."""
     result = subprocess.run(
-        [sys.executable, f"bench/{script}", "--repeats", "1"], cwd=REPO, env=ENV,
-        capture_output=True, text=True, timeout=300,
+        [sys.executable, f"bench/{script}", "--repeats", "1", *args], cwd=REPO, env=ENV,
+        capture_output=True, text=True, timeout=600,
     )  # fmt: skip
     assert result.returncode == 0, result.stderr[-3000:]
     return result.stdout.splitlines()
@@ -30,8 +30,12 @@ def test_bench_epoch_times_the_three_ways_and_prints_the_ratios():
 
 
 def test_bench_wall_times_both_programs_as_whole_processes():
-    lines = bench("wall.py")
+    lines = bench("wall.py", "--sweep-jobs", "2")
     rows = {line.split()[0]: line.split()[1:] for line in lines if len(line.split()) == 5}
     assert float(rows["tutorial"][0]) > 0 and float(rows["mnistlab"][0]) > 0
-    assert any(line.startswith("tutorial / mnistlab wall: best ") for line in lines)
+    assert any(line.startswith("mnistlab / tutorial wall: best ") for line in lines)
+    phases = {line[:34].strip(): float(line.split()[-2]) for line in lines if line.startswith("  ")}
+    assert phases.keys() == {"to first step", "training", "last epoch to exit"}
+    assert all(seconds > 0 for seconds in phases.values())
+    assert any(line.startswith("sweep of 2 one-epoch jobs (joblib, 2 workers): ") for line in lines)
     assert any(line.startswith("python -m train --cfg job: ") for line in lines)

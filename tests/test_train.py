@@ -1,5 +1,6 @@
 """End-to-end runs on synthetic data, through the CLI and the Python function, checked in MLflow."""
 
+import json
 import signal
 import sqlite3
 import subprocess
@@ -7,6 +8,7 @@ import sys
 import time
 from pathlib import Path
 
+import mlflow.pytorch
 import pytest
 import torch
 from mlflow import MlflowClient
@@ -281,3 +283,40 @@ def test_relative_paths_mean_the_launch_folder_with_hydra_job_chdir(tmp_path):
     result = run_cli([f"resume={relative}", "hydra.job.chdir=true"], cwd=tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
     assert only_run(f"sqlite:///{tmp_path / 'mlruns' / 'mlflow.db'}")[1].info.status == "FINISHED"
+
+
+def test_the_record_is_complete_when_the_command_returns(tmp_path):
+    # every part of the record is in the store once the command has returned: nothing is left behind
+    result = run_cli([*FAST, "seed=3"], cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    client, run = only_run(f"sqlite:///{tmp_path}/mlruns/mlflow.db")
+    assert run.info.status == "FINISHED"
+    run_id = run.info.run_id
+    artifacts = {a.path for a in client.list_artifacts(run_id)}
+    assert {"model.pth", "config.yaml", "data.json", "plots", ".hydra", "train.log"} <= artifacts
+    log = Path(client.download_artifacts(run_id, "train.log", str(tmp_path))).read_text()
+    assert "Epoch 2/2: " in log
+    inputs = run.inputs.dataset_inputs
+    contexts = {t.value for d in inputs for t in d.tags if t.key.endswith("context")}
+    assert contexts == {"train", "val", "test"}
+    mlflow.set_tracking_uri(f"sqlite:///{tmp_path}/mlruns/mlflow.db")
+    exported = mlflow.pytorch.load_model(run.data.tags["model_uri"])
+    saved = torch.load(Path(run.data.tags["hydra.output_dir"]) / "model.pth")
+    assert all(torch.equal(saved[k], v) for k, v in exported.state_dict().items())
+    journal = Path(run.data.tags["hydra.output_dir"]) / "metrics.jsonl"
+    assert [json.loads(line)["epoch"] for line in journal.read_text().splitlines()] == [1, 2]
+
+
+def test_a_store_that_refuses_the_run_stops_training_with_one_line(tmp_path):
+    db = f"sqlite:///{tmp_path}/mlflow.db"
+    client = MlflowClient(db)
+    client.delete_experiment(client.create_experiment("gone"))
+    result = run_cli(
+        [*FAST, "epochs=30", f"mlflow.tracking_uri={db}", "mlflow.experiment=gone"], cwd=tmp_path
+    )
+    assert result.returncode == 2, result.stderr[-3000:]
+    error = result.stderr.strip().splitlines()[-1]
+    assert error.startswith("Error: mlflow.experiment=gone: that experiment is deleted in ")
+    assert "Traceback" not in result.stderr
+    assert "Epoch 30/30" not in result.stdout + result.stderr  # training stopped when it was told
+    assert len(client.search_runs([client.get_experiment_by_name("gone").experiment_id])) == 0

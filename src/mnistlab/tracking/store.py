@@ -244,6 +244,12 @@ def get_experiment_id(client: Any, name: str, uri: str) -> str:
     from mlflow.exceptions import MlflowException
 
     experiment = client.get_experiment_by_name(name)
+    if experiment is not None and experiment.lifecycle_stage == "deleted":
+        raise UserError(
+            f"mlflow.experiment={name}: that experiment is deleted in {redact(uri)}; restore it "
+            f"(mlflow experiments restore --experiment-id {experiment.experiment_id}) or "
+            "choose another name"
+        )
     if experiment is not None:
         return experiment.experiment_id
     try:
