@@ -61,6 +61,13 @@ class Team:
             env=self.env(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
         )  # fmt: skip
 
+    def train(self, cwd: Path, args: list[str], **login: str) -> subprocess.CompletedProcess:
+        """`python -m train ARGS` on this server as `login` (default: the admin), to its end."""
+        return subprocess.run(
+            [sys.executable, "-m", "train", *args, f"mlflow.tracking_uri={self.url}"], cwd=cwd,
+            env=self.env(**login), capture_output=True, text=True, timeout=300,
+        )  # fmt: skip
+
     def runs(self, experiment: str) -> list:
         client = self.client()
         exp = client.get_experiment_by_name(experiment)
@@ -124,11 +131,7 @@ def test_a_login_that_is_missing_or_wrong_is_one_line_before_any_job(team, tmp_p
         ),
     ]
     for login, args, what in cases:
-        result = subprocess.run(
-            [sys.executable, "-m", "train", *args, f"mlflow.tracking_uri={team.url}",
-             "mlflow.experiment=logins"], cwd=tmp_path, env=team.env(**login),
-            capture_output=True, text=True, timeout=300,
-        )  # fmt: skip
+        result = team.train(tmp_path, [*args, "mlflow.experiment=logins"], **login)
         assert result.returncode == 2, result.stderr[-2000:]
         assert result.stderr.strip().startswith(f"Error: mlflow.tracking_uri={team.url}: {what}")
         assert "\n" not in result.stderr.strip() and "Traceback" not in result.stdout
@@ -150,11 +153,7 @@ def test_a_user_who_may_only_read_the_experiment_gets_one_no_permission_line(tea
     auth.grant_user_permission("reader", "experiment", experiment_id, "READ")
     reader = {"MLFLOW_TRACKING_USERNAME": "reader", "MLFLOW_TRACKING_PASSWORD": "reader-secret-123"}
     for args in ([*SYNTH, "epochs=1"], ["-m", *SYNTH, "epochs=1", "seed=0,1"]):
-        result = subprocess.run(
-            [sys.executable, "-m", "train", *args, f"mlflow.tracking_uri={team.url}",
-             "mlflow.experiment=read-only"], cwd=tmp_path, env=team.env(**reader),
-            capture_output=True, text=True, timeout=300,
-        )  # fmt: skip
+        result = team.train(tmp_path, [*args, "mlflow.experiment=read-only"], **reader)
         assert result.returncode == 2, result.stderr[-2000:]
         assert "Traceback" not in result.stdout + result.stderr
         assert result.stderr.strip() == (

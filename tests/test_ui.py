@@ -53,6 +53,14 @@ def test_the_server_serves_the_sweeps_runs_parent_links_params_and_metrics(serve
     assert 0 < best <= 1
 
 
+def screenshot(driver, name: str) -> None:
+    """Save the page as ARTIFACTS/NAME, a real PNG with something drawn on it."""
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    shot = ARTIFACTS / name
+    assert driver.save_screenshot(str(shot))
+    assert shot.read_bytes()[:4] == b"\x89PNG" and shot.stat().st_size > 20_000
+
+
 def chromium():
     """Headless Debian Chromium through its chromedriver."""
     from selenium import webdriver
@@ -103,10 +111,7 @@ def test_the_runs_page_in_headless_chromium_lists_the_sweep(server):
         while "synthetic" not in page_text():  # the Dataset column: the runs' logged inputs
             assert time.monotonic() < deadline, "the Dataset column never showed the splits"
             time.sleep(0.5)
-        ARTIFACTS.mkdir(parents=True, exist_ok=True)
-        shot = ARTIFACTS / "mlflow_ui_sweep.png"
-        assert driver.save_screenshot(str(shot))
-        assert shot.read_bytes()[:4] == b"\x89PNG" and shot.stat().st_size > 20_000
+        screenshot(driver, "mlflow_ui_sweep.png")
     finally:
         driver.quit()
 
@@ -132,9 +137,6 @@ def test_the_sweeps_compare_link_opens_mlflows_compare_page_for_its_jobs(server)
             time.sleep(0.5)
         assert "Parameters:\nlr\n" in driver.find_element(By.TAG_NAME, "body").text  # plotted
         time.sleep(2)  # let the plot draw
-        ARTIFACTS.mkdir(parents=True, exist_ok=True)
-        shot = ARTIFACTS / "mlflow_ui_compare.png"
-        assert driver.save_screenshot(str(shot))
-        assert shot.read_bytes()[:4] == b"\x89PNG" and shot.stat().st_size > 20_000
+        screenshot(driver, "mlflow_ui_compare.png")
     finally:
         driver.quit()
