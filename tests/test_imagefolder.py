@@ -13,6 +13,7 @@ from conftest import cli_env, only_run, run_cli
 from mnistlab.config import compose, validate
 from mnistlab.errors import UserError
 from mnistlab.parts import build_part
+from mnistlab.plots import misclassified_grid
 
 CLASSES = ("bars", "dots")
 
@@ -120,3 +121,16 @@ def test_the_root_must_be_given(tmp_path):
     assert result.stderr.strip() == (
         "Error: data.root is not set: give it in the option's YAML or as data.root=..."
     )
+
+
+def test_the_mistakes_plot_shows_colour_and_grey_images(tmp_path):
+    # an RGB run with mistakes once failed at its end: imshow cannot take C x H x W
+    red = torch.zeros(3, 3, 20, 20, dtype=torch.uint8)
+    red[:, 0] = 255
+    for images in (red, red[:, :1], red[:, 0]):  # N x 3 x H x W, N x 1 x H x W, N x H x W
+        path = tmp_path / f"mistakes-{images.dim()}-{images.shape[1]}.png"
+        misclassified_grid(images.numpy(), [0, 1, 0], [1, 0, 1], [0.9, 0.8, 0.7], CLASSES, path)
+        picture = Image.open(path).convert("RGB")
+        colours = {c for _, c in picture.getcolors(1 << 20)}
+        assert ((255, 0, 0) in colours) == (images.dim() == 4 and images.shape[1] == 3)
+        assert (255, 255, 255) in colours and len(colours) > 2

@@ -218,3 +218,17 @@ def test_every_preset_runs_as_one_sweep_with_glob(tmp_path, data_root):
     assert (fashion["data"], fashion["scheduler"], fashion["model"]) == (
         "fashion_mnist", "onecycle", "cnn"
     )  # fmt: skip
+
+
+@pytest.mark.parametrize("flush", [True, False])
+def test_flush_denormal_sets_how_the_cpu_treats_tiny_floats(flush):
+    # on: floats below 1.2e-38 count as zero (fast); off: plain IEEE math keeps them
+    cfg = compose([*FAST, f"device.flush_denormal={flush}"])
+    validate(cfg)
+    try:
+        build_parts(cfg)
+        tiny = torch.full((4,), 3e-39) * torch.ones(4)
+        assert bool((tiny == 0).all()) == flush
+        assert bool((tiny > 0).all()) != flush
+    finally:
+        torch.set_flush_denormal(False)  # torch's own default, for the tests that follow

@@ -320,3 +320,34 @@ def test_a_deleted_experiment_is_one_line_before_any_training(tmp_path):
     assert "Traceback" not in result.stderr
     assert "Epoch 1/30" not in result.stdout + result.stderr  # refused before training
     assert len(client.search_runs([client.get_experiment_by_name("gone").experiment_id])) == 0
+
+
+def test_new_stores_start_from_an_empty_template_made_once_per_mlflow_version(tmp_path):
+    # MLflow's schema migrations run once, into ~/.cache/mnistlab; later new stores copy it
+    cache, runs = tmp_path / "cache", []
+    for name in ("first", "second"):
+        (tmp_path / name).mkdir()
+        result = run_cli([*FAST, "epochs=1"], cwd=tmp_path / name, XDG_CACHE_HOME=str(cache))
+        assert result.returncode == 0, result.stderr[-3000:]
+        migrated = "Creating initial MLflow database tables" in result.stdout + result.stderr
+        assert migrated == (name == "first")  # the second store was a copy: no migrations
+        runs.append(only_run(f"sqlite:///{tmp_path / name / 'mlruns' / 'mlflow.db'}"))
+    (template,) = cache.glob("mnistlab/mlflow-*-empty.db")
+    with sqlite3.connect(template) as con:
+        assert con.execute("SELECT count(*) FROM experiments").fetchone() == (0,)
+        assert con.execute("SELECT count(*) FROM runs").fetchone() == (0,)
+    for name, (client, run) in zip(("first", "second"), runs, strict=True):
+        assert run.info.status == "FINISHED"
+        default = client.get_experiment("0")  # made by MLflow for this store, not the template
+        assert default.name == "Default" and str(tmp_path / name) in default.artifact_location
+        assert run.info.artifact_uri.startswith((tmp_path / name / "mlruns").as_uri())
+        assert {a.path for a in client.list_artifacts(run.info.run_id)} >= {"model.pth", "plots"}
+    blocked = tmp_path / "not-a-folder"  # a cache that cannot be written: MLflow builds the store
+    blocked.write_text("")
+    (tmp_path / "third").mkdir()
+    result = run_cli([*FAST, "epochs=1"], cwd=tmp_path / "third", XDG_CACHE_HOME=str(blocked))
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "Creating initial MLflow database tables" in result.stdout + result.stderr
+    _, run = only_run(f"sqlite:///{tmp_path / 'third' / 'mlruns' / 'mlflow.db'}")
+    assert run.info.status == "FINISHED"
+    assert [p.name for p in (tmp_path / "third" / "mlruns").iterdir() if p.suffix == ".tmp"] == []

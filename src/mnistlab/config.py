@@ -70,6 +70,7 @@ class DeviceConfig:
     threads: int | None = option(
         Check(lambda v: v is None or v >= 1, "an integer >= 1, or null for torch's")
     )
+    flush_denormal: bool = option()
     amp: Amp = option()
     compile: Compile = option()
 

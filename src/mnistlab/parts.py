@@ -65,6 +65,8 @@ def build_parts(cfg: DictConfig, threads: int | None = None) -> Parts:
     threads = cfg.device.threads or threads or distributed.cpu_threads()  # share the cores
     if threads and device.type == "cpu":
         torch.set_num_threads(threads)
+    if device.type == "cpu":  # tiny Adam moments and weights as denormals slow each epoch more
+        torch.set_flush_denormal(bool(cfg.device.flush_denormal))
     data = build_part(cfg.data, "data", seed=cfg.seed).to(device)
     if cfg.train.overfit_batches:  # a few fixed batches, to check the model can learn at all
         data = data.train_subset(cfg.train.overfit_batches * cfg.batch_size)

@@ -5,6 +5,7 @@ from pathlib import Path
 from typing import Any
 
 import matplotlib
+import numpy as np
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
@@ -131,20 +132,29 @@ def misclassified_grid(
     images: Any, true: list[int], predicted: list[int], confidence: list[float],
     classes: list[str], path: Path,
 ) -> None:  # fmt: skip
-    """The most confidently misclassified test images, with their true and predicted labels."""
+    """The most confidently misclassified test images (uint8, N x H x W or N x C x H x W with 1
+    or 3 channels), with their true and predicted labels, tiled in one picture: one axes, not
+    one per image, draws several times faster."""
+    tiles = np.asarray(images)
+    if tiles.ndim == 4:  # N x C x H x W -> N x H x W (x 3)
+        tiles = tiles.transpose(0, 2, 3, 1)
+        tiles = tiles[..., 0] if tiles.shape[-1] == 1 else tiles
     n = len(true)
-    cols = min(8, max(n, 1))
-    rows = max(1, -(-n // cols))
-    fig, axes = plt.subplots(rows, cols, figsize=(1.6 * cols, 1.9 * rows), squeeze=False)
-    for k, ax in enumerate(axes.flat):
-        ax.axis("off")
-        if k < n:
-            ax.imshow(images[k], cmap="gray", vmin=0, vmax=255)
-            ax.set_title(
-                f"true {classes[true[k]]}\npred {classes[predicted[k]]} ({confidence[k]:.2f})",
-                fontsize=7,
-            )
+    cols, rows = min(8, max(n, 1)), max(1, -(-n // 8))
+    h, w = tiles.shape[1:3] if n else (28, 28)
+    pad, band = max(2, w // 8), h // 2 + 2  # white space around each image; room for its labels
+    canvas = np.full((rows * (band + h + pad) + pad, cols * (w + pad) + pad, *tiles.shape[3:]), 255,
+                     dtype=np.uint8)  # fmt: skip
+    height = 1.4 * cols * canvas.shape[0] / canvas.shape[1] + 0.4  # inches: picture, title
+    fig, ax = plt.subplots(figsize=(max(1.4 * cols, 3.6), height))
+    for k in range(n):
+        y, x = (k // cols) * (band + h + pad) + band, (k % cols) * (w + pad) + pad
+        canvas[y : y + h, x : x + w] = tiles[k]
+        label = f"true {classes[true[k]]}\npred {classes[predicted[k]]} ({confidence[k]:.2f})"
+        ax.text(x + w / 2, y - 1, label, ha="center", va="bottom", fontsize=7)
+    ax.imshow(canvas, cmap="gray", vmin=0, vmax=255, interpolation="nearest")
+    ax.axis("off")
     fig.suptitle("most confident mistakes on the test split", fontsize=10)
-    fig.tight_layout()
+    fig.subplots_adjust(left=0, right=1, bottom=0, top=1 - 0.4 / height)
     fig.savefig(path, dpi=100)
     plt.close(fig)

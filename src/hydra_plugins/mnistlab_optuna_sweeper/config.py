@@ -26,7 +26,7 @@ class Pruner(Enum):
 class Warmup:
     """When the median pruner starts to prune."""
 
-    trials: int = 4  # trials of the study that must finish before any is pruned
+    trials: int = 1  # trials of the study that must finish before any is pruned
     epochs: int = 1  # epochs every trial runs before it can be pruned
 
 
