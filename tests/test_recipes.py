@@ -3,12 +3,14 @@ EMA, augmentation, the models for 1 and 3 channels, and the debug modes."""
 
 import json
 import math
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 import torch
 
-from conftest import REPO, history, only_run, run_cli
+from conftest import REPO, cli_env, history, only_run, run_cli
 from mnistlab.config import compose, validate
 from mnistlab.loop import LoopSettings, train_step
 from mnistlab.parts import build_part, build_parts
@@ -221,14 +223,19 @@ def test_every_preset_runs_as_one_sweep_with_glob(tmp_path, data_root):
 
 
 @pytest.mark.parametrize("flush", [True, False])
-def test_flush_denormal_sets_how_the_cpu_treats_tiny_floats(flush):
-    # on: floats below 1.2e-38 count as zero (fast); off: plain IEEE math keeps them
-    cfg = compose([*FAST, f"device.flush_denormal={flush}"])
-    validate(cfg)
-    try:
-        build_parts(cfg)
-        tiny = torch.full((4,), 3e-39) * torch.ones(4)
-        assert bool((tiny == 0).all()) == flush
-        assert bool((tiny > 0).all()) != flush
-    finally:
-        torch.set_flush_denormal(False)  # torch's own default, for the tests that follow
+def test_flush_denormal_sets_how_every_torch_thread_treats_tiny_floats(flush):
+    # on: floats below 1.2e-38 count as zero, on torch's worker threads too (a multiply of 4M
+    # elements is split among them); off: plain IEEE math keeps them. A fresh process, as a run
+    code = (
+        "import torch; from mnistlab.config import compose, validate; "
+        "from mnistlab.parts import build_parts; "
+        f"cfg = compose({[*FAST, f'device.flush_denormal={flush}']!r}); validate(cfg); "
+        "build_parts(cfg, threads=2); n = 1 << 22; "
+        "x = torch.full((n,), 3e-39) * torch.ones(n); "
+        "print(int((x == 0).sum()), int((x > 0).sum()))"
+    )
+    done = subprocess.run([sys.executable, "-c", code], env=cli_env(), capture_output=True,
+                          text=True, timeout=120)  # fmt: skip
+    assert done.returncode == 0, done.stderr[-2000:]
+    zeros, kept = map(int, done.stdout.split())
+    assert (zeros, kept) == ((1 << 22, 0) if flush else (0, 1 << 22))

@@ -142,7 +142,8 @@ def misclassified_grid(
     n = len(true)
     cols, rows = min(8, max(n, 1)), max(1, -(-n // 8))
     h, w = tiles.shape[1:3] if n else (28, 28)
-    pad, band = max(2, w // 8), h // 2 + 2  # white space around each image; room for its labels
+    pad = max(2, w // 8)  # white space around each image
+    band = max(h // 2, (w + pad) // 4) + 2  # room for two lines of labels above each image
     canvas = np.full((rows * (band + h + pad) + pad, cols * (w + pad) + pad, *tiles.shape[3:]), 255,
                      dtype=np.uint8)  # fmt: skip
     height = 1.4 * cols * canvas.shape[0] / canvas.shape[1] + 0.4  # inches: picture, title

@@ -300,19 +300,22 @@ def new_store(db: Path) -> None:
     cache = Path(os.environ.get("XDG_CACHE_HOME") or "~/.cache").expanduser() / "mnistlab"
     template = cache / f"mlflow-{mlflow.__version__}-empty.db"
     copy = db.with_name(f".{db.name}.{os.getpid()}.tmp")
+    scratch = cache / f".{template.name}.{os.getpid()}.tmp"
     try:
         if not template.is_file():
             cache.mkdir(parents=True, exist_ok=True)
-            scratch = cache / f".{template.name}.{os.getpid()}.tmp"
             MlflowClient(tracking_uri=f"{SQLITE_PREFIX}{scratch}").get_experiment("0")
             with contextlib.closing(sqlite3.connect(scratch)) as con, con:
                 con.execute("DELETE FROM experiments")
             os.replace(scratch, template)
         shutil.copyfile(template, copy)
-        os.replace(copy, db)
-    except Exception as err:  # a speed-up only: MLflow then builds the store itself
-        log.debug(f"no template store ({type(err).__name__}: {err}); MLflow creates {db}")
-        copy.unlink(missing_ok=True)
+        os.link(copy, db)  # never over a store that appeared meanwhile (FileExistsError)
+    except Exception as err:  # a speed-up only: MLflow then opens or builds the store itself
+        log.debug(f"no template store ({type(err).__name__}: {err}); MLflow opens {db}")
+    finally:
+        for leftover in (copy, scratch):
+            with contextlib.suppress(OSError):
+                leftover.unlink(missing_ok=True)
 
 
 def connect(cfg: DictConfig) -> tuple[Any, str]:
