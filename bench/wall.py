@@ -3,7 +3,8 @@
     python bench/wall.py [--repeats 3] [--epochs 1] [--sweep-jobs 8]
 
 Side by side, in one run, medians (and bests) of `--repeats`:
-- one run of `--epochs` as a whole process, mnistlab and the tutorial taking turns;
+- one run of `--epochs` as a whole process, mnistlab and the tutorial taking turns (and
+  mnistlab with `mlflow.log_model=false`: what the MLflow model export still costs);
 - where mnistlab's time goes, from its train.log (a run with `train.log_every=1`): command to
   first training step, training, and last epoch's metrics to exit;
 - a sweep of `--sweep-jobs` one-epoch jobs (`hydra/launcher=joblib hydra.launcher.n_jobs=2`)
@@ -87,11 +88,17 @@ def main() -> None:
     parser.add_argument("--sweep-jobs", type=int, default=8)
     args = parser.parse_args()
 
-    walls: dict[str, list[float]] = {"tutorial": [], "mnistlab": []}
+    walls: dict[str, list[float]] = {
+        "tutorial": [],
+        "mnistlab": [],
+        "mnistlab, no MLflow model": [],
+    }
     split: dict[str, list[float]] = {}
     for _ in range(args.repeats):
         walls["tutorial"].append(tutorial(args.epochs))
         walls["mnistlab"].append(mnistlab([f"epochs={args.epochs}"]))
+        no_model = [f"epochs={args.epochs}", "mlflow.log_model=false"]  # what the export costs
+        walls["mnistlab, no MLflow model"].append(mnistlab(no_model))
         for phase, seconds in phases(args.epochs).items():
             split.setdefault(phase, []).append(seconds)
     sweep = {}

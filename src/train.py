@@ -15,7 +15,7 @@ import hydra
 from omegaconf import DictConfig
 
 from mnistlab import tracking
-from mnistlab.cli import check_command_line, exit_on_error, jobs_checked
+from mnistlab.cli import check_command_line, exit_on_error, jobs_checked, trains_one_run
 from mnistlab.config import CONF_DIR, register, validate
 from mnistlab.errors import UserError
 
@@ -80,6 +80,8 @@ def run_and_exit() -> None:
         sys.argv += [f"hydra.run.dir={scratch}", "hydra.output_subdir=null"]
     try:
         sys.argv[1:] = expand_repeats(sys.argv[1:])
+        if rank == 0 and trains_one_run(sys.argv[1:]):  # it warms up while torch loads here
+            tracking.start_export_early()
         tracking.STATE.command = sys.argv[1:]  # what the sweep records, without the check's mark
         sys.argv[1:] = check_command_line(sys.argv[1:])
     except Exception as err:  # one line, exit 2, before any job or MLflow run exists

@@ -33,6 +33,7 @@ def test_bench_wall_times_both_programs_as_whole_processes():
     lines = bench("wall.py", "--sweep-jobs", "2")
     rows = {line.split()[0]: line.split()[1:] for line in lines if len(line.split()) == 5}
     assert float(rows["tutorial"][0]) > 0 and float(rows["mnistlab"][0]) > 0
+    assert any(line.startswith("mnistlab, no MLflow model ") for line in lines)
     assert any(line.startswith("mnistlab / tutorial wall: best ") for line in lines)
     phases = {line[:34].strip(): float(line.split()[-2]) for line in lines if line.startswith("  ")}
     assert phases.keys() == {"to first step", "training", "last epoch to exit"}

@@ -9,12 +9,13 @@ import time
 from pathlib import Path
 
 import mlflow.pytorch
+import psutil
 import pytest
 import torch
 from mlflow import MlflowClient
 from omegaconf import OmegaConf
 
-from conftest import DATA_ROOT, history, only_run, run_cli
+from conftest import DATA_ROOT, cli_env, history, only_run, run_cli
 from mnistlab.config import compose
 from mnistlab.errors import NonFiniteLossError
 from mnistlab.loop import evaluate
@@ -31,6 +32,7 @@ EPOCH_METRICS = [
     "epoch_time_s",
 ]
 FAST = ["data=synthetic", "epochs=2", "train.log_every=10", "device=cpu"]
+FALLBACK = "logging the model from this one"  # the export process did not log the model
 
 
 def reevaluate(client: MlflowClient, run_id: str, dst: Path) -> float:
@@ -257,6 +259,7 @@ def test_a_users_own_model_in_their_own_folder_trains_and_is_checked_by_its_sign
     args = ["--config-dir", "my_conf", "model=tiny", *FAST, "epochs=1"]
     result = run_cli(args, cwd=tmp_path, PYTHONPATH=str(tmp_path))
     assert result.returncode == 0, result.stderr[-3000:]
+    assert "logged by the export process" in result.stdout + result.stderr  # it imported it too
     _, run = only_run(f"sqlite:///{tmp_path / 'mlruns' / 'mlflow.db'}")
     assert run.info.status == "FINISHED" and run.data.params["model.width"] == "32"
     for bad, message in [
@@ -299,12 +302,59 @@ def test_the_record_is_complete_when_the_command_returns(tmp_path):
     inputs = run.inputs.dataset_inputs
     contexts = {t.value for d in inputs for t in d.tags if t.key.endswith("context")}
     assert contexts == {"train", "val", "test"}
-    mlflow.set_tracking_uri(f"sqlite:///{tmp_path}/mlruns/mlflow.db")
-    exported = mlflow.pytorch.load_model(run.data.tags["model_uri"])
-    saved = torch.load(Path(run.data.tags["hydra.output_dir"]) / "model.pth")
-    assert all(torch.equal(saved[k], v) for k, v in exported.state_dict().items())
+    said = result.stdout + result.stderr  # the model is logged after the log's upload
+    assert "logged by the export process" in said and FALLBACK not in said  # as the plots drew
+    check_model(run, tmp_path)
     journal = Path(run.data.tags["hydra.output_dir"]) / "metrics.jsonl"
     assert [json.loads(line)["epoch"] for line in journal.read_text().splitlines()] == [1, 2]
+
+
+def check_model(run, tmp_path: Path) -> None:
+    """The run's MLflow model holds the weights of its model.pth; nothing was left behind."""
+    mlflow.set_tracking_uri(f"sqlite:///{tmp_path}/mlruns/mlflow.db")
+    exported = mlflow.pytorch.load_model(run.data.tags["model_uri"])
+    output_dir = Path(run.data.tags["hydra.output_dir"])
+    saved = torch.load(output_dir / "model.pth")
+    assert all(torch.equal(saved[k], v) for k, v in exported.state_dict().items())
+    assert not (output_dir / ".model-export.pt").exists()  # the model handed over
+
+
+def test_the_model_is_logged_by_the_run_itself_if_the_export_process_dies(tmp_path):
+    # the export process is stopped while it warms up, and killed once the run handed it the
+    # model and went on to the plots: the run reads an end of file where the answer should be,
+    # and logs the model itself
+    cmd = [sys.executable, "-m", "train", *FAST, "epochs=1"]
+    train_cmd = subprocess.Popen(cmd, cwd=tmp_path, env=cli_env(), stdout=subprocess.DEVNULL,
+                                 stderr=subprocess.DEVNULL)  # fmt: skip
+    exporter = child_process(train_cmd, "mnistlab.tracking.exporter")
+    exporter.suspend()
+    handed = wait_for(lambda: next(tmp_path.glob("outputs/*/*/.model-export.pt"), None))
+    wait_for(lambda: next(handed.parent.glob("plots/*.png"), None))
+    exporter.kill()
+    assert train_cmd.wait(timeout=300) == 0
+    log = (handed.parent / "train.log").read_text()
+    assert f"model export process: the export process ended with code -9; {FALLBACK}" in log
+    client, run = only_run(f"sqlite:///{tmp_path}/mlruns/mlflow.db")
+    assert run.info.status == "FINISHED" and handed.parent == Path(
+        run.data.tags["hydra.output_dir"]
+    )
+    check_model(run, tmp_path)
+
+
+def child_process(parent: subprocess.Popen, module: str) -> psutil.Process:
+    """The child process of `parent` that runs `python -m module`, once it has started."""
+    return wait_for(lambda: next((c for c in psutil.Process(parent.pid).children()
+                                  if module in c.cmdline()), None))  # fmt: skip
+
+
+def wait_for(found, timeout: float = 120):
+    """What `found()` returns once it returns something, polled for up to `timeout` s."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if (value := found()) is not None:
+            return value
+        time.sleep(0.01)
+    raise AssertionError(f"nothing found in {timeout} s")
 
 
 def test_a_deleted_experiment_is_one_line_before_any_training(tmp_path):

@@ -122,6 +122,15 @@ def check_outputs(cfg: DictConfig, multirun: bool) -> None:
     tracking.check_store(uri)
 
 
+def trains_one_run(argv: list[str]) -> bool:
+    """Whether a command line may train one run that logs an MLflow model: no sweep (`-m`), no
+    flag of Hydra's that answers without training (--cfg, --help), no mlflow.log_model=false."""
+    config_flags = {"-cp", "--config-path", "-cn", "--config-name", "-cd", "--config-dir"}
+    flags = {a.split("=", 1)[0] for a in argv if a.startswith("-")}
+    no_model = any(a.lstrip("+").lower() == "mlflow.log_model=false" for a in argv)
+    return not (flags - config_flags) and not no_model
+
+
 def jobs_checked() -> bool:
     """Whether this job's config was validated before Hydra started: the basic sweeper's jobs
     were; a job of another sweeper (Optuna's values), or of a command line with Hydra's flags

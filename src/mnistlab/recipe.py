@@ -276,7 +276,8 @@ def save_checkpoints(cfg, parts: Parts, state: TrainState, tracker, output_dir: 
 
 def finish(cfg, parts: Parts, state: TrainState, tracker, output_dir: Path) -> None:
     """Write the run's outputs and add them to its record: the weights, the resolved config,
-    the data facts, the plots, the MLflow model, Hydra's files and the log."""
+    the data facts, the MLflow model (exported by a process of its own while the plots are
+    drawn), the plots, Hydra's files and the log."""
     model = parts.ema.module if parts.ema is not None else parts.model  # the weights evaluated
     checkpoint.save_weights(model, output_dir / "model.pth")
     write_text(output_dir / "config.yaml", tracking.redact(OmegaConf.to_yaml(cfg, resolve=True)))
@@ -286,10 +287,10 @@ def finish(cfg, parts: Parts, state: TrainState, tracker, output_dir: Path) -> N
     )
     for name in ("model.pth", "config.yaml", "data.json"):
         tracker.log_artifact(output_dir / name)
+    if cfg.mlflow.log_model:
+        tracker.log_model(model, parts.data.inputs(parts.data.test.images[:2]))
     if cfg.train.plots:
         draw_run_plots(model, parts.data, state.history, output_dir / "plots")
         tracker.log_artifact(output_dir / "plots", "plots")
-    if cfg.mlflow.log_model:
-        tracker.log_model(model, parts.data.inputs(parts.data.test.images[:2]))
     tracker.log_artifact(output_dir / ".hydra", ".hydra")
     tracker.log_artifact(output_dir / "train.log")

@@ -6,6 +6,7 @@ The one way in: the rest of mnistlab imports `mnistlab.tracking` and uses these 
   artifact, the model); it closes the run with its status. `NoTracker` logs nothing.
 - `Claim` holds a run's output dir (a lock file) and starts the watchdog that closes the run if
   the process dies; the journal and the background sender live in the tracker.
+  `start_export_early` starts the process that logs a single run's MLflow model, first thing.
 - Store: `tracking_uri`, `check_store`, `connect_in_background`, `how_to_open`, `redact`.
 - Sweeps: `SweepCallback` (in conf/config.yaml), `in_multirun`, `threads_per_job`,
   `job_failed`, `finish`.
@@ -22,6 +23,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from mnistlab.tracking.compare import by_config, table_by_config, write_by_config
+from mnistlab.tracking.exporter import start_export_early
 from mnistlab.tracking.guard import Claim
 from mnistlab.tracking.lookup import (
     download_model_files,
@@ -143,6 +145,7 @@ __all__ = [
     "run_row",
     "run_status",
     "sqlite_path",
+    "start_export_early",
     "table_by_config",
     "threads_per_job",
     "tracking_uri",

@@ -18,11 +18,12 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
 from mnistlab.errors import TrackingUnavailable
+from mnistlab.tracking.exporter import take_exporter
 from mnistlab.tracking.guard import Claim
 from mnistlab.tracking.lineage import config_digest
 from mnistlab.tracking.provenance import origin_tags
 from mnistlab.tracking.store import connect, redact, tracking_uri
-from mnistlab.tracking.sweep import child_context
+from mnistlab.tracking.sweep import child_context, in_multirun
 from mnistlab.tracking.tracker import MlflowTracker
 from mnistlab.tracking.watchdog import close_abandoned
 
@@ -124,6 +125,9 @@ def open_run(
     if cfg.mlflow.get("system_metrics", True):
         run.start_system_metrics(resume=bool(resume))
     with closing(run):
+        # a single run logs its MLflow model from a process of its own, warmed up while it
+        # trains; a sweep's worker imports what the export needs once, for all its jobs
+        run.exporter = take_exporter(wanted=cfg.mlflow.log_model and not in_multirun())
         yield run
 
 
@@ -151,6 +155,8 @@ def closing(run: MlflowTracker) -> Iterator[None]:
             run.client.log_text(run.run_id, traceback.format_exc(), "traceback.txt")
         raise
     finally:
+        if run.exporter is not None:
+            run.exporter.close()
         run.stop_system_metrics(send=status is not None)  # not to a store that went away
         if status is not None:
             run.client.set_terminated(run.run_id, status)

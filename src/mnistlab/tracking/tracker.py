@@ -19,9 +19,11 @@ from pathlib import Path
 from typing import Any
 
 from mnistlab.errors import TrackingUnavailable
+from mnistlab.tracking.exporter import Exporter, log_model
 from mnistlab.tracking.store import redact, server_problem
 
 log = logging.getLogger(__name__)
+EXPORT_WAIT_S = 120  # the least time the export process gets to log the model, in seconds
 
 
 class MlflowTracker:
@@ -42,6 +44,8 @@ class MlflowTracker:
         self.failure: str | None = None  # why the last attempt failed, while batches wait
         self.logged = 0  # the last epoch the store had when the run was (re)opened
         self.system: Any = None  # MLflow's system metrics monitor (tracking.system), if on
+        self.exporter: Exporter | None = None  # the model export's own process, if started
+        self._handed: tuple[Any, Any] | None = None  # (model, example) the exporter logs
         self._queue: queue.Queue = queue.Queue()
         threading.Thread(target=self._send_forever, name="mlflow-sender", daemon=True).start()
 
@@ -135,23 +139,15 @@ class MlflowTracker:
 
     def log_model(self, model: Any, example: Any) -> None:
         """Log `model` as an MLflow PyTorch model "model", ready for the Model Registry and
-        `mlflow.pytorch.load_model`, once the store has everything queued before it."""
-        import mlflow.pytorch
-        import torch
-        from mlflow.models import Model
-
+        `mlflow.pytorch.load_model`: hand it to the export process, which logs it while the
+        run finishes (`flush` waits for it); without one, once the store has everything queued
+        before it."""
+        run = {"uri": self.uri, "experiment_id": self.experiment_id, "run_id": self.run_id}
+        if self.exporter and self.exporter.hand_over(run, model, example, self.journal.parent):
+            self._handed = (model, example)
+            return
         self.flush()
-        version = torch.__version__.split("+")[0]
-        info = Model.log(  # mlflow.pytorch.log_model, for a run that is not the active run
-            artifact_path=None,
-            name="model",
-            flavor=mlflow.pytorch,
-            run_id=self.run_id,
-            pytorch_model=model.cpu().eval(),
-            input_example=example.cpu().numpy(),  # a batch of 2 keeps the batch size dynamic
-            pip_requirements=[f"torch=={version}"],  # inferring them costs seconds
-        )
-        self.client.set_tag(self.run_id, "model_uri", info.model_uri)  # for load_model(this)
+        log_model(self.uri, self.experiment_id, self.run_id, model, example)
 
     @property
     def unsent(self) -> int:
@@ -174,17 +170,34 @@ class MlflowTracker:
                 self._queue_record(records[epoch])
 
     def flush(self) -> None:
-        """Wait until the store has everything queued; raise TrackingUnavailable after `wait_s`
+        """Wait until the store has everything queued, and the model handed to the export
+        process (logged here if that process failed); raise TrackingUnavailable after `wait_s`
         (mlflow.offline_wait_s)."""
-        wait_s = self.wait_s
-        deadline = time.monotonic() + wait_s
+        deadline = time.monotonic() + self.wait_s
         while self.unsent and time.monotonic() < deadline:
             time.sleep(0.05)
         if self.unsent:
-            raise TrackingUnavailable(
-                f"MLflow store {redact(self.uri)} unreachable for {wait_s:g} s "
-                f"(mlflow.offline_wait_s; {self.failure}): {self.unsent} uploads did not reach "
-                f"it; every epoch's metrics are kept in {self.journal}, the run stays RUNNING "
-                f"there. Once it is back, send them and finish the run with: "
-                f"python -m train resume={self.journal.parent}"
-            )
+            raise self._unavailable(f"{self.unsent} uploads did not reach it")
+        if self._handed is None:
+            return
+        (model, example), self._handed = self._handed, None
+        try:
+            answer = self.exporter.answer(timeout=max(deadline - time.monotonic(), EXPORT_WAIT_S))
+        except TimeoutError as err:
+            self.exporter.close(kill=True)
+            if server_problem(self.uri, timeout=5) is not None:
+                raise self._unavailable("the MLflow model did not reach it") from None
+            answer = {"error": str(err)}
+        if "model_uri" in answer:
+            log.info(f"MLflow model {answer['model_uri']} logged by the export process")
+            return
+        log.warning(f"model export process: {answer['error']}; logging the model from this one")
+        log_model(self.uri, self.experiment_id, self.run_id, model, example)  # fails the run
+
+    def _unavailable(self, what: str) -> TrackingUnavailable:
+        return TrackingUnavailable(
+            f"MLflow store {redact(self.uri)} unreachable for {self.wait_s:g} s "
+            f"(mlflow.offline_wait_s; {self.failure or 'no answer'}): {what}; every epoch's "
+            f"metrics are kept in {self.journal}, the run stays RUNNING there. Once it is back, "
+            f"send them and finish the run with: python -m train resume={self.journal.parent}"
+        )
