@@ -1,5 +1,6 @@
 """End-to-end runs on synthetic data, through the CLI and the Python function, checked in MLflow."""
 
+import contextlib
 import json
 import signal
 import sqlite3
@@ -32,7 +33,7 @@ EPOCH_METRICS = [
     "epoch_time_s",
 ]
 FAST = ["data=synthetic", "epochs=2", "train.log_every=10", "device=cpu"]
-FALLBACK = "logging the model from this one"  # the export process did not log the model
+FALLBACK = "logging the model here"  # the export process did not log the model
 
 
 def reevaluate(client: MlflowClient, run_id: str, dst: Path) -> float:
@@ -326,12 +327,19 @@ def test_the_model_is_logged_by_the_run_itself_if_the_export_process_dies(tmp_pa
     cmd = [sys.executable, "-m", "train", *FAST, "epochs=1"]
     train_cmd = subprocess.Popen(cmd, cwd=tmp_path, env=cli_env(), stdout=subprocess.DEVNULL,
                                  stderr=subprocess.DEVNULL)  # fmt: skip
-    exporter = child_process(train_cmd, "mnistlab.tracking.exporter")
-    exporter.suspend()
-    handed = wait_for(lambda: next(tmp_path.glob("outputs/*/*/.model-export.pt"), None))
-    wait_for(lambda: next(handed.parent.glob("plots/*.png"), None))
-    exporter.kill()
-    assert train_cmd.wait(timeout=300) == 0
+    exporter = None
+    try:
+        exporter = child_process(train_cmd, "mnistlab.tracking.exporter")
+        exporter.suspend()
+        handed = wait_for(lambda: next(tmp_path.glob("outputs/*/*/.model-export.pt"), None))
+        wait_for(lambda: next(handed.parent.glob("plots/*.png"), None))
+        exporter.kill()
+        assert train_cmd.wait(timeout=300) == 0
+    finally:  # nothing left behind if the test fails
+        train_cmd.kill()
+        if exporter is not None:
+            with contextlib.suppress(psutil.Error):
+                exporter.kill()
     log = (handed.parent / "train.log").read_text()
     assert f"model export process: the export process ended with code -9; {FALLBACK}" in log
     client, run = only_run(f"sqlite:///{tmp_path}/mlruns/mlflow.db")

@@ -128,7 +128,8 @@ def trains_one_run(argv: list[str]) -> bool:
     config_flags = {"-cp", "--config-path", "-cn", "--config-name", "-cd", "--config-dir"}
     flags = {a.split("=", 1)[0] for a in argv if a.startswith("-")}
     no_model = any(a.lstrip("+").lower() == "mlflow.log_model=false" for a in argv)
-    return not (flags - config_flags) and not no_model
+    sweep = any(a.lstrip("+").lower() == "hydra.mode=multirun" for a in argv)
+    return not (flags - config_flags) and not no_model and not sweep
 
 
 def jobs_checked() -> bool:

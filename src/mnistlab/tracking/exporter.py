@@ -20,6 +20,7 @@ import contextlib
 import json
 import logging
 import os
+import signal
 import subprocess
 import sys
 import threading
@@ -41,7 +42,7 @@ class Exporter:
             self.process = subprocess.Popen(
                 [sys.executable, "-m", "mnistlab.tracking.exporter"],
                 stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
-                text=True,
+                text=True, env={**os.environ, "CUDA_VISIBLE_DEVICES": ""},  # CPU work only
             )  # fmt: skip
         except OSError as err:  # no process to spare: the run logs the model itself
             log.debug(f"no export process: {err}")
@@ -79,16 +80,17 @@ class Exporter:
         try:
             return json.loads(line)
         except ValueError:
-            return {"error": f"the export process ended with code {self.process.wait()}"}
+            self.close(kill=True)
+            return {"error": f"the export process ended with code {self.process.wait(5)}"}
 
     def close(self, kill: bool = False) -> None:
         """Let the process go (it quits at the end of its input), or `kill` it; drop the
         handed file."""
         if self.process is not None:
             with contextlib.suppress(OSError):
-                self.process.stdin.close()
                 if kill:
                     self.process.kill()
+                self.process.stdin.close()
         if self.handed is not None:
             self.handed.unlink(missing_ok=True)
 
@@ -173,15 +175,36 @@ def export(job: dict[str, Any]) -> str:
 
 def prioritize(thread_id: int, wait: bool) -> None:
     """Run `thread_id` on idle cores only while the run trains (`wait`), as any process once the
-    run waits for it (Linux; where not allowed, it stays as it is)."""
+    run waits for it (Linux; elsewhere it stays as it is)."""
     policy = os.SCHED_IDLE if wait else os.SCHED_OTHER
     with contextlib.suppress(AttributeError, OSError):
         os.sched_setscheduler(thread_id, policy, os.sched_param(0))
 
 
+def may_idle() -> bool:
+    """Whether a thread here may go to idle priority and come back: a process without
+    CAP_SYS_NICE, under RLIMIT_NICE 0, may not come back (and would export at idle priority)."""
+
+    def probe() -> None:
+        with contextlib.suppress(AttributeError, OSError):
+            os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))
+            os.sched_setscheduler(0, os.SCHED_OTHER, os.sched_param(0))
+            allowed.append(True)
+
+    allowed: list[bool] = []
+    thread = threading.Thread(target=probe)
+    thread.start()
+    thread.join()
+    return bool(allowed)
+
+
 def main() -> None:
     """Warm up on idle cores while waiting for the run's model; log it; quit at once if the run
-    ends without one."""
+    ends without one, or where it could only warm up competing with training (then the run
+    logs its model itself)."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # a Ctrl-C is the run's to handle
+    if not may_idle():
+        return
     prioritize(0, wait=True)
     answers = os.fdopen(os.dup(1), "w")  # stdout is for the answer alone:
     os.dup2(2, 1)  # what libraries print goes where stderr goes

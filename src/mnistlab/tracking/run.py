@@ -145,6 +145,7 @@ def closing(run: MlflowTracker) -> Iterator[None]:
         raise
     except (Exception, KeyboardInterrupt) as err:  # failed, or KILLED by a signal: say why
         status = "KILLED" if isinstance(err, KeyboardInterrupt) else "FAILED"
+        run.abandon_model()
         try:
             run.flush()
         except TrackingUnavailable:
@@ -155,8 +156,8 @@ def closing(run: MlflowTracker) -> Iterator[None]:
             run.client.log_text(run.run_id, traceback.format_exc(), "traceback.txt")
         raise
     finally:
-        if run.exporter is not None:
-            run.exporter.close()
+        if run.exporter is not None:  # done, or never handed a model: gone now
+            run.exporter.close(kill=True)
         run.stop_system_metrics(send=status is not None)  # not to a store that went away
         if status is not None:
             run.client.set_terminated(run.run_id, status)

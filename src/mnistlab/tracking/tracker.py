@@ -190,9 +190,15 @@ class MlflowTracker:
             answer = {"error": str(err)}
         if "model_uri" in answer:
             log.info(f"MLflow model {answer['model_uri']} logged by the export process")
-            return
-        log.warning(f"model export process: {answer['error']}; logging the model from this one")
-        log_model(self.uri, self.experiment_id, self.run_id, model, example)  # fails the run
+        elif "model_uri" not in self.client.get_run(self.run_id).data.tags:  # set last, if done
+            log.warning(f"model export process: {answer['error']}; logging the model here")
+            log_model(self.uri, self.experiment_id, self.run_id, model, example)  # fails the run
+
+    def abandon_model(self) -> None:
+        """The run failed or was stopped: the model handed over is not logged after all."""
+        self._handed = None
+        if self.exporter is not None:
+            self.exporter.close(kill=True)
 
     def _unavailable(self, what: str) -> TrackingUnavailable:
         return TrackingUnavailable(
