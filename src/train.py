@@ -30,6 +30,7 @@ def main(cfg: DictConfig) -> float:
     In a sweep a failed job is recorded and answers NaN, so the other jobs still run.
     """
     try:
+        tracking.job_started()  # in joblib's workers
         if not jobs_checked():
             validate(cfg)
         from mnistlab.recipe import run

@@ -100,7 +100,7 @@ def mlflow_server(
             try:
                 if requests.get(f"{url}/health", timeout=2).status_code == 200:
                     break
-            except requests.ConnectionError:
+            except (requests.ConnectionError, requests.Timeout):  # not up, or busy starting
                 pass
             assert proc.poll() is None, "mlflow server exited"
             assert time.monotonic() < deadline, "mlflow server did not come up in 90 s"

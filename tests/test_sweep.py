@@ -1,6 +1,7 @@
 """Real Hydra multiruns through the CLI, each against a fresh SQLite store in a temp dir."""
 
 import csv
+import re
 from pathlib import Path
 
 from mlflow import MlflowClient
@@ -53,6 +54,17 @@ def test_parallel_2x2_grid_with_joblib_is_one_parent_with_four_children(tmp_path
             "hydra.launcher.n_jobs=2", "sweep_name=grid"]  # fmt: skip
     result = run_cli(["-m", *args], cwd=tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
+    output = result.stdout + result.stderr
+    assert "leaked semaphore" not in output and "Traceback" not in output  # workers exit fast
+    # joblib's workers were started, and imported what a job needs, while the parent run opened
+    (ready,) = re.findall(r"joblib workers ([\d, ]+) ready", output)
+    warmed = {int(pid) for pid in ready.split(", ")}
+    assert len(warmed) == 2
+    logs = list(tmp_path.glob("multirun/*/*/*/train.log"))
+    assert len(logs) == 4
+    for log in logs:
+        (pid,) = re.findall(r"joblib worker (\d+) \(warmed up before", log.read_text())
+        assert int(pid) in warmed  # Hydra's launcher ran its jobs in them
     client, parent, children = sweep_record(tmp_path)
     assert parent.info.status == "FINISHED" and parent.info.run_name == "grid"
     tags = parent.data.tags

@@ -122,14 +122,48 @@ def check_outputs(cfg: DictConfig, multirun: bool) -> None:
     tracking.check_store(uri)
 
 
+def is_multirun(argv: list[str]) -> bool:
+    """Whether a command line asks for a sweep: `-m`, `--multirun` or `hydra.mode=MULTIRUN`."""
+    flag = any(a in ("-m", "--multirun") for a in argv)
+    return flag or any(a.lstrip("+").lower() == "hydra.mode=multirun" for a in argv)
+
+
+def check_server_meanwhile(cfg: DictConfig) -> Callable[[], None]:
+    """Start checking cfg's store in a thread if it is an MLflow server, which may take up to
+    10 s to answer (the configs are checked meanwhile); a function that waits for that check
+    and raises its error. Its thread does not hold up the exit of a command that failed."""
+    import threading
+
+    uri = tracking.tracking_uri(cfg)
+    errors: list[Exception] = []
+    if not uri.startswith(("http://", "https://")):
+        return lambda: None
+    import requests  # noqa: F401  (imported here: two threads importing at once may deadlock)
+
+    def check() -> None:
+        try:
+            tracking.check_store(uri)
+        except Exception as err:
+            errors.append(err)
+
+    thread = threading.Thread(target=check, name="check-server", daemon=True)
+    thread.start()
+
+    def wait() -> None:
+        thread.join()
+        if errors:
+            raise errors[0]
+
+    return wait
+
+
 def trains_one_run(argv: list[str]) -> bool:
-    """Whether a command line may train one run that logs an MLflow model: no sweep (`-m`), no
-    flag of Hydra's that answers without training (--cfg, --help), no mlflow.log_model=false."""
+    """Whether a command line may train one run that logs an MLflow model: no sweep, no flag of
+    Hydra's that answers without training (--cfg, --help), no mlflow.log_model=false."""
     config_flags = {"-cp", "--config-path", "-cn", "--config-name", "-cd", "--config-dir"}
-    flags = {a.split("=", 1)[0] for a in argv if a.startswith("-")}
+    flags = {a.split("=", 1)[0] for a in argv if a.startswith("-") and not is_multirun([a])}
     no_model = any(a.lstrip("+").lower() == "mlflow.log_model=false" for a in argv)
-    sweep = any(a.lstrip("+").lower() == "hydra.mode=multirun" for a in argv)
-    return not (flags - config_flags) and not no_model and not sweep
+    return not (flags - config_flags) and not no_model and not is_multirun(argv)
 
 
 def jobs_checked() -> bool:
@@ -153,7 +187,7 @@ def check_command_line(argv: list[str]) -> list[str]:
     from hydra.errors import HydraException
     from omegaconf.errors import OmegaConfBaseException
 
-    multirun = any(a in ("-m", "--multirun") for a in argv)
+    multirun = is_multirun(argv)
     overrides = [a for a in argv if a not in ("-m", "--multirun")]
     for arg in overrides:
         if arg.startswith("-") and arg.split("=", 1)[0] not in HYDRA_FLAGS:
@@ -169,11 +203,13 @@ def check_command_line(argv: list[str]) -> list[str]:
             parsed = OverridesParser.create().parse_overrides(overrides)
             settings = [o.input_line for o in parsed if o.is_hydra_override()]
             jobs = [settings + job for job in sweep_jobs(overrides, CONF_DIR, max_jobs=1000)]
+        configs = [compose(job) for job in jobs]
+        server_checked = check_server_meanwhile(configs[0])
         stores = {}
-        for job in jobs:
-            cfg = compose(job)
+        for cfg in configs:
             validate(cfg)
             stores.setdefault(str(cfg.mlflow.tracking_uri), cfg)
+        server_checked()
         for cfg in stores.values():  # once every job's config is known good
             check_outputs(cfg, multirun)
     except UserError:

@@ -9,7 +9,7 @@ The one way in: the rest of mnistlab imports `mnistlab.tracking` and uses these 
   `start_export_early` starts the process that logs a single run's MLflow model, first thing.
 - Store: `tracking_uri`, `check_store`, `connect_in_background`, `how_to_open`, `redact`.
 - Sweeps: `SweepCallback` (in conf/config.yaml), `in_multirun`, `threads_per_job`,
-  `job_failed`, `finish`.
+  `job_started` (in a joblib worker: its quick exit), `job_failed`, `finish`.
 - Reading runs back: `run_status`, `run_checkpoint`, `download_model_files`, `log_results`,
   `existing_store`, and for comparisons `run_row`, `child_rows`, and seeds folded into configs
   (`by_config`, `table_by_config`, `write_by_config`).
@@ -63,6 +63,7 @@ from mnistlab.tracking.trials import (
     study_storage,
     trial_reporter,
 )
+from mnistlab.tracking.workers import job_started
 
 
 class Tracker(Protocol):
@@ -135,6 +136,7 @@ __all__ = [
     "flatten",
     "how_to_open",
     "in_multirun",
+    "job_started",
     "job_failed",
     "log_results",
     "open_run",

@@ -75,13 +75,12 @@ class Exporter:
         ready, _, _ = select.select([self.process.stdout], [], [], max(timeout, 0))
         if not ready:
             raise TimeoutError(f"no answer from the export process in {timeout:.0f} s")
-        line = self.process.stdout.readline()
-        self.close()
         try:
-            return json.loads(line)
-        except ValueError:
-            self.close(kill=True)
-            return {"error": f"the export process ended with code {self.process.wait(5)}"}
+            answer = json.loads(self.process.stdout.readline())
+        except ValueError:  # no line: it died, or is dying
+            answer = None
+        self.close(kill=answer is None)
+        return answer or {"error": f"the export process ended with code {self.process.wait(5)}"}
 
     def close(self, kill: bool = False) -> None:
         """Let the process go (it quits at the end of its input), or `kill` it; drop the
@@ -115,12 +114,10 @@ def log_model(uri: str, experiment_id: str, run_id: str, model: Any, example: An
     `mlflow.pytorch.log_model` does for the active run), tag the run with its URI; the URI."""
     import mlflow
     import mlflow.pytorch
-    import torch
     from mlflow.models import Model
 
     mlflow.set_tracking_uri(uri)
     mlflow.set_experiment(experiment_id=experiment_id)  # where MLflow keeps the logged model
-    version = torch.__version__.split("+")[0]
     info = Model.log(
         artifact_path=None,
         name="model",
@@ -128,10 +125,17 @@ def log_model(uri: str, experiment_id: str, run_id: str, model: Any, example: An
         run_id=run_id,
         pytorch_model=on_cpu(model),
         input_example=example.cpu().numpy(),  # a batch of 2 keeps the batch size dynamic
-        pip_requirements=[f"torch=={version}"],  # inferring them costs seconds
+        pip_requirements=requirements(),
     )
     mlflow.MlflowClient(uri).set_tag(run_id, "model_uri", info.model_uri)  # for load_model(this)
     return info.model_uri
+
+
+def requirements() -> list[str]:
+    """The logged model's pip requirements: this torch (MLflow's inference costs seconds)."""
+    import torch
+
+    return [f"torch=={torch.__version__.split('+')[0]}"]
 
 
 def on_cpu(model: Any) -> Any:
@@ -154,11 +158,10 @@ def warm_up() -> None:
     import torch
 
     torch.set_num_threads(1)  # the training process has the cores
-    version = torch.__version__.split("+")[0]
     with tempfile.TemporaryDirectory() as scratch, contextlib.suppress(Exception):
         mlflow.pytorch.save_model(  # a failure here is the export's to report
             torch.nn.Linear(2, 2), f"{scratch}/model", input_example=torch.zeros(2, 2).numpy(),
-            pip_requirements=[f"torch=={version}"],
+            pip_requirements=requirements(),
         )  # fmt: skip
 
 

@@ -2,10 +2,11 @@
 
 `SweepCallback` runs in the launching process. Before any job starts it creates (or upgrades) the
 store once, opens the parent run and tells the jobs about it through environment variables,
-which joblib workers, submitit jobs and SLURM tasks inherit. When the sweep ends it summarises
-the children on the parent and closes it. A job that fails is recorded (`job_failed`) and the
-sweep goes on (Hydra 1.3 would skip `on_multirun_end` if a job raised); `python -m train` then
-exits non-zero.
+which submitit jobs and SLURM tasks inherit, and which Hydra's `hydra.job.env_set` sets in jobs
+whose process started before (joblib's workers, warmed up meanwhile: `workers.py`). When the
+sweep ends it summarises the children on the parent and closes it. A job that fails is recorded
+(`job_failed`) and the sweep goes on (Hydra 1.3 would skip `on_multirun_end` if a job raised);
+`python -m train` then exits non-zero.
 """
 
 import csv
@@ -20,7 +21,7 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.experimental.callback import Callback
 from hydra.types import RunMode
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf, open_dict
 
 from mnistlab.errors import UserError, exit_code, one_line
 from mnistlab.tracking.compare import (
@@ -34,6 +35,7 @@ from mnistlab.tracking.guard import Claim
 from mnistlab.tracking.provenance import origin_tags
 from mnistlab.tracking.records import child_rows
 from mnistlab.tracking.store import connect, redact, tracking_uri
+from mnistlab.tracking.workers import start_warming, stop_workers
 
 log = logging.getLogger(__name__)
 
@@ -166,12 +168,22 @@ class SweepCallback(Callback):
         """
         job_cfg = OmegaConf.masked_copy(config, [k for k in config if k != "hydra"])
         sweep_dir = Path(str(config.hydra.sweep.dir)).resolve()
+        warming = start_warming(config)  # joblib's workers import while the parent run opens
+        try:
+            self.open_parent(config, job_cfg, sweep_dir)
+        finally:  # Hydra's launcher starts once they are ready
+            if warming is not None:
+                warming.join()
+
+    def open_parent(self, config: DictConfig, job_cfg: DictConfig, sweep_dir: Path) -> None:
+        """Open (or reopen) the parent run, claim the sweep dir, and tell the jobs the run."""
         try:
             client, experiment_id = connect(job_cfg)  # runs any migration, once
             # waits for a watchdog still closing this dir's earlier parent run
             STATE.claim = Claim(sweep_dir, f"hydra.sweep.dir={sweep_dir}", then="rerun")
         except UserError as err:
             print(f"Error: {err}", file=sys.stderr)
+            stop_workers(kill=True)
             raise SystemExit(2) from None
         swept = swept_keys(config)
         name = config.get("sweep_name") or f"{sweep_dir.parent.name}_{sweep_dir.name}"
@@ -183,8 +195,11 @@ class SweepCallback(Callback):
         STATE.client, STATE.parent_run_id, STATE.failed_jobs = client, parent_id, 0
         hint = f"finish the sweep with the same command and hydra.sweep.dir={sweep_dir}"
         STATE.claim.watch(tracking_uri(job_cfg), parent_id, hint)
-        os.environ[PARENT_ENV] = parent_id
-        os.environ[SWEPT_ENV] = ",".join(swept)
+        for key, value in ((PARENT_ENV, parent_id), (SWEPT_ENV, ",".join(swept))):
+            os.environ[key] = value
+            # and through Hydra's env_set, for workers started before (joblib's, warmed up)
+            with open_dict(config):
+                config.hydra.overrides.hydra.append(f"++hydra.job.env_set.{key}='{value}'")
         log.info(f"MLflow sweep parent run {parent_id} ({name}), sweeping {swept}")
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
@@ -214,16 +229,9 @@ def close_parent(status: str) -> None:
 
 
 def finish(status: str) -> None:
-    """At exit: close a parent left open, and stop joblib's idle workers, which would otherwise
-    keep the process alive for 5 minutes. Idle workers are asked to exit, not killed (only an
-    interrupted sweep's are): a killed worker skips its exit handlers, which leaves the semaphore
-    of tqdm's multiprocessing lock registered with the resource tracker ("There appear to be 2
-    leaked semaphore objects to clean up at shutdown")."""
+    """At exit: close a parent left open, and stop joblib's workers (killed if interrupted)."""
     close_parent(status)
-    module = sys.modules.get("joblib.externals.loky.reusable_executor")
-    executor = getattr(module, "_executor", None)
-    if executor is not None:
-        executor.shutdown(wait=True, kill_workers=status == "KILLED")
+    stop_workers(kill=status == "KILLED")
 
 
 def summarise(client: Any, parent_run_id: str, sweep_dir: Path) -> int:
