@@ -81,8 +81,8 @@ def run_and_exit() -> None:
         sys.argv += [f"hydra.run.dir={scratch}", "hydra.output_subdir=null"]
     try:
         sys.argv[1:] = expand_repeats(sys.argv[1:])
-        if rank == 0 and trains_one_run(sys.argv[1:]):  # it warms up while torch loads here
-            tracking.start_export_early()
+        if rank == 0 and trains_one_run(sys.argv[1:]):  # MLflow loads there while torch does here
+            tracking.start_recorder_early()
         tracking.STATE.command = sys.argv[1:]  # what the sweep records, without the check's mark
         sys.argv[1:] = check_command_line(sys.argv[1:])
     except Exception as err:  # one line, exit 2, before any job or MLflow run exists

@@ -158,12 +158,11 @@ def check_server_meanwhile(cfg: DictConfig) -> Callable[[], None]:
 
 
 def trains_one_run(argv: list[str]) -> bool:
-    """Whether a command line may train one run that logs an MLflow model: no sweep, no flag of
-    Hydra's that answers without training (--cfg, --help), no mlflow.log_model=false."""
+    """Whether a command line may train one run: no sweep, no flag of Hydra's that answers
+    without training (--cfg, --help)."""
     config_flags = {"-cp", "--config-path", "-cn", "--config-name", "-cd", "--config-dir"}
     flags = {a.split("=", 1)[0] for a in argv if a.startswith("-") and not is_multirun([a])}
-    no_model = any(a.lstrip("+").lower() == "mlflow.log_model=false" for a in argv)
-    return not (flags - config_flags) and not no_model and not is_multirun(argv)
+    return not (flags - config_flags) and not is_multirun(argv)
 
 
 def jobs_checked() -> bool:

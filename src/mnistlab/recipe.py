@@ -79,9 +79,10 @@ def run(cfg: DictConfig, output_dir: str | Path | None = None) -> float:
     )
     claim = tracking.Claim(output_dir, key, then) if rank0 else None  # rank 0 records the run
     with claim or contextlib.nullcontext():
+        opener = tracking.store_opener(cfg) if claim else None  # the recorder, if started
         parts, state = build(cfg, start)
         with (
-            open_tracker(cfg, claim, parts, start) as tracker,
+            open_tracker(cfg, claim, opener, parts, start) as tracker,
             StopRequest().installed() as stop,
             logging_redirect_tqdm(),
         ):
@@ -161,12 +162,12 @@ def resumed_config(cfg: DictConfig, saved: dict) -> DictConfig:
 
 
 @contextlib.contextmanager
-def open_tracker(cfg: DictConfig, claim: Any, parts: Parts, start: Start):
-    """The run's tracker: its MLflow run on rank 0, opened or reopened; nothing elsewhere."""
+def open_tracker(cfg: DictConfig, claim: Any, opener: Any, parts: Parts, start: Start):
+    """The run's tracker: its MLflow run on rank 0 (its store opened by `opener`, if any),
+    opened or reopened; nothing elsewhere."""
     if claim is None:
         yield tracking.NoTracker()
         return
-    connection = tracking.connect_in_background(cfg)  # overlaps compiling, say
     tags = {
         "device": str(parts.device),
         "torch.threads": str(torch.get_num_threads()),
@@ -175,7 +176,7 @@ def open_tracker(cfg: DictConfig, claim: Any, parts: Parts, start: Start):
     if group_choice("debug"):  # so the UI can filter debug runs away
         tags["debug"] = group_choice("debug")
     resume = start.checkpoint and (start.checkpoint["run_id"], start.checkpoint["state"].epoch)
-    with tracking.open_run(cfg, claim, tags, resume or None, connection) as tracker:
+    with tracking.open_run(cfg, claim, tags, resume or None, opener) as tracker:
         state = start.checkpoint["state"] if start.checkpoint else TrainState()
         where = f"epoch {state.epoch + 1}" + (f" step {state.step + 1}" if state.step else "")
         uri = tracking.redact(tracking.tracking_uri(cfg))

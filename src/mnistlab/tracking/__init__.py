@@ -6,8 +6,9 @@ The one way in: the rest of mnistlab imports `mnistlab.tracking` and uses these 
   artifact, the model); it closes the run with its status. `NoTracker` logs nothing.
 - `Claim` holds a run's output dir (a lock file) and starts the watchdog that closes the run if
   the process dies; the journal and the background sender live in the tracker.
-  `start_export_early` starts the process that logs a single run's MLflow model, first thing.
-- Store: `tracking_uri`, `check_store`, `connect_in_background`, `how_to_open`, `redact`.
+  `start_recorder_early` starts, first thing, the process that opens a single run's store,
+  takes its MLflow calls and logs its MLflow model.
+- Store: `tracking_uri`, `check_store`, `store_opener`, `how_to_open`, `redact`.
 - Sweeps: `SweepCallback` (in conf/config.yaml), `in_multirun`, `threads_per_job`,
   `job_started` (in a joblib worker: its quick exit), `job_failed`, `finish`.
 - Reading runs back: `run_status`, `run_checkpoint`, `download_model_files`, `log_results`,
@@ -23,7 +24,6 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from mnistlab.tracking.compare import by_config, table_by_config, write_by_config
-from mnistlab.tracking.exporter import start_export_early
 from mnistlab.tracking.guard import Claim
 from mnistlab.tracking.lookup import (
     download_model_files,
@@ -32,6 +32,7 @@ from mnistlab.tracking.lookup import (
     run_checkpoint,
     run_status,
 )
+from mnistlab.tracking.recorder import start_recorder_early, store_opener
 from mnistlab.tracking.records import child_rows, run_row
 from mnistlab.tracking.registry import Promotion, promote, resolve_model_uri
 from mnistlab.tracking.run import flatten, open_run
@@ -39,7 +40,6 @@ from mnistlab.tracking.store import (
     check_scheme,
     check_store,
     connect,
-    connect_in_background,
     how_to_open,
     redact,
     sqlite_path,
@@ -129,7 +129,6 @@ __all__ = [
     "check_store",
     "child_rows",
     "connect",
-    "connect_in_background",
     "download_model_files",
     "existing_store",
     "finish",
@@ -147,7 +146,8 @@ __all__ = [
     "run_row",
     "run_status",
     "sqlite_path",
-    "start_export_early",
+    "start_recorder_early",
+    "store_opener",
     "table_by_config",
     "threads_per_job",
     "tracking_uri",

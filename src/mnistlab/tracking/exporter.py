@@ -1,27 +1,20 @@
-"""The MLflow model export of a single run, in a process of its own.
+"""The MLflow model export of a single run, in the recorder process (`tracking.recorder`).
 
 `torch.export` and MLflow's model code take seconds to import, and the first export scans
 every installed package: done by the training process at the end, the user would wait for all
-of it. So `python -m train` starts this process first thing (`start_export_early`), and
-`open_run` takes it (`take_exporter`). It warms up on cores the training process leaves idle
-(SCHED_IDLE: training never waits for it). At the end the run hands it the trained model, in a
-file in the output dir, and draws the plots meanwhile. The run ends FINISHED only once this
-process answered with the model's URI; if the export failed here, or this process died, the
-training process logs the model itself (`MlflowTracker.flush`), so the record is the same
-either way. A run that ends without a model for it closes this process's input, and it quits
-at once. Sweep jobs, and runs started from Python, log their model themselves: their process
-imports all that once, for every run it trains.
-
-Protocol: one JSON line in (the store's URI, experiment and run ids, the handed file, the
-training process's sys.path); one JSON line out: {"model_uri": ...} or {"error": "..."}.
+of it. So the recorder, once it has imported MLflow, warms the export up in a thread on cores
+the training process leaves idle (SCHED_IDLE: training never waits for it; `start_warming`).
+At the end the run hands it the trained model (`Exporter.hand_over`), in a file in the output
+dir, and draws the plots meanwhile. The run ends FINISHED only once the recorder answered with
+the model's URI; if the export failed there, or the recorder died, the training process logs the
+model itself (`MlflowTracker.flush`), so the record is the same either way. Sweep jobs, and runs
+started from Python, log their model themselves: their process imports all that once, for every
+run it trains.
 """
 
 import contextlib
-import json
 import logging
 import os
-import signal
-import subprocess
 import sys
 import threading
 from pathlib import Path
@@ -29,84 +22,59 @@ from typing import Any
 
 log = logging.getLogger(__name__)
 HANDED = ".model-export.pt"  # the trained model and an input example, in the output dir
-_early: list["Exporter"] = []  # started by `start_export_early`, until a run takes it
 
 
 class Exporter:
-    """The training process's side: the export process, started at once, and its answer."""
+    """The training process's side of the export: the model handed to the recorder process
+    (`recorder`, a `tracking.recorder.Recorder`), and its answer."""
 
-    def __init__(self) -> None:
-        self.process: subprocess.Popen | None = None
+    def __init__(self, recorder: Any) -> None:
+        self.recorder = recorder
         self.handed: Path | None = None
-        try:
-            self.process = subprocess.Popen(
-                [sys.executable, "-m", "mnistlab.tracking.exporter"],
-                stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
-                text=True, env={**os.environ, "CUDA_VISIBLE_DEVICES": ""},  # CPU work only
-            )  # fmt: skip
-        except OSError as err:  # no process to spare: the run logs the model itself
-            log.debug(f"no export process: {err}")
 
     def hand_over(self, run: dict[str, str], model: Any, example: Any, folder: Path) -> bool:
-        """Give the process `model` to log to `run` (uri, experiment_id, run_id); False if it
+        """Give the recorder `model` to log to `run` (uri, experiment_id, run_id); False if it
         cannot take it: then the caller logs it."""
         import torch
 
-        if self.process is None or self.process.poll() is not None:
+        if self.recorder.broken:
             return False
         self.handed = folder / HANDED
         paths = [os.path.abspath(p) for p in sys.path]  # the user's model classes import there
         job = {**run, "model_file": str(self.handed), "sys_path": paths}
         try:
             torch.save({"model": model, "example": example}, self.handed)
-            self.process.stdin.write(json.dumps(job) + "\n")  # stdin: the URI may hold a password
-            self.process.stdin.flush()
-        except Exception as err:  # a model that does not pickle, a process gone
-            log.debug(f"export process not used: {type(err).__name__}: {err}")
+            self.recorder.call(begin_export, job)
+        except Exception as err:  # a model that does not pickle, a recorder gone
+            log.debug(f"model export not handed over: {type(err).__name__}: {err}")
             self.close()
             return False
         return True
 
     def answer(self, timeout: float) -> dict[str, str]:
         """Wait up to `timeout` s for the answer: {"model_uri": ...} once the model is logged,
-        else {"error": why not}. Raises TimeoutError."""
-        import select
-
-        ready, _, _ = select.select([self.process.stdout], [], [], max(timeout, 0))
-        if not ready:
-            raise TimeoutError(f"no answer from the export process in {timeout:.0f} s")
+        else {"error": why not}. After `timeout`, the recorder is killed (the run then logs
+        the model itself, with a store of its own) and TimeoutError raised."""
         try:
-            answer = json.loads(self.process.stdout.readline())
-        except ValueError:  # no line: it died, or is dying
-            answer = None
-        self.close(kill=answer is None)
-        return answer or {"error": f"the export process ended with code {self.process.wait(5)}"}
+            answer = self.recorder.call(export_answer, max(timeout, 0))
+        except TimeoutError:
+            self.recorder.close(kill=True)  # no second model logged late
+            raise
+        except Exception as err:  # the recorder died: RecorderGone
+            answer = {"error": f"the recorder process is gone ({err})"}
+        self.close()
+        return answer
 
-    def close(self, kill: bool = False) -> None:
-        """Let the process go (it quits at the end of its input), or `kill` it; drop the
-        handed file."""
-        if self.process is not None:
-            with contextlib.suppress(OSError):
-                if kill:
-                    self.process.kill()
-                self.process.stdin.close()
+    def drop(self) -> None:
+        """The run failed or was stopped: the recorder does not log the model after all."""
+        with contextlib.suppress(Exception):
+            self.recorder.call(drop_export)
+        self.close()
+
+    def close(self) -> None:
+        """Drop the handed file."""
         if self.handed is not None:
             self.handed.unlink(missing_ok=True)
-
-
-def start_export_early() -> None:
-    """Start the export process now, before torch loads, for the run opened later."""
-    _early.append(Exporter())
-
-
-def take_exporter(wanted: bool) -> Exporter | None:
-    """The export process started early, for the run opening now; None (and the process let
-    go) unless `wanted`, or if none was started: then the run logs the model itself."""
-    early = _early.pop() if _early else None
-    if early is not None and not wanted:
-        early.close()
-        return None
-    return early
 
 
 def log_model(uri: str, experiment_id: str, run_id: str, model: Any, example: Any) -> str:
@@ -165,6 +133,71 @@ def warm_up() -> None:
         )  # fmt: skip
 
 
+class Export:
+    """In the recorder process: the warm-up thread, and the export of the model handed over."""
+
+    warming: threading.Thread | None = None
+    thread: threading.Thread | None = None
+    job: dict[str, Any] = {}  # the one handed over
+    answer: dict[str, str] = {"error": "the export ended without an answer"}
+    dropped = False
+
+
+def start_warming(_: Any = None) -> None:
+    """In the recorder: warm the export up on idle cores, if this process may leave idle
+    priority again (else it would export at idle priority on a busy machine: no warm-up)."""
+    if may_idle():
+        Export.warming = threading.Thread(target=warm_up_idle, name="export-warm-up", daemon=True)
+        Export.warming.start()
+
+
+def warm_up_idle() -> None:
+    """`warm_up` at idle priority."""
+    prioritize(0, wait=True)
+    warm_up()
+
+
+def begin_export(_: Any, job: dict[str, Any]) -> None:
+    """In the recorder: export the handed model in a thread, once the warm-up is done."""
+    if Export.warming is not None:
+        prioritize(Export.warming.native_id or 0, wait=False)  # the run now waits for it
+    Export.job = job
+    Export.thread = threading.Thread(target=export_now, args=(job,), name="export", daemon=True)
+    Export.thread.start()
+
+
+def export_now(job: dict[str, Any]) -> None:
+    """Log the handed model; keep the answer for `export_answer`."""
+    if Export.warming is not None:
+        Export.warming.join()
+    try:
+        Export.answer = {"model_uri": export(job)}
+    except BaseException as err:
+        Export.answer = {"error": f"{type(err).__name__}: {' '.join(str(err).split())[:500]}"}
+
+
+def export_answer(_: Any, timeout: float) -> dict[str, str]:
+    """In the recorder: the export's answer, once it is done; TimeoutError after `timeout` s."""
+    if Export.thread is None:
+        return {"error": "no model was handed over"}
+    Export.thread.join(timeout)
+    if Export.thread.is_alive():
+        raise TimeoutError(f"no answer from the model export in {timeout:.0f} s")
+    return Export.answer
+
+
+def drop_export(_: Any) -> None:
+    """In the recorder: the run failed or logs the model itself; do not log it here."""
+    Export.dropped = True
+
+
+def drop_handed() -> None:
+    """In the recorder, its training process gone: remove the model file it handed over, if
+    the export has not taken it."""
+    if Export.job:
+        Path(Export.job["model_file"]).unlink(missing_ok=True)
+
+
 def export(job: dict[str, Any]) -> str:
     """Load the handed model and log it; its URI."""
     import torch
@@ -173,11 +206,13 @@ def export(job: dict[str, Any]) -> str:
     handed = Path(job["model_file"])
     parts = torch.load(handed, map_location="cpu", weights_only=False)  # from our own run
     handed.unlink(missing_ok=True)
+    if Export.dropped:
+        raise RuntimeError("the run no longer wanted the model")
     return log_model(job["uri"], job["experiment_id"], job["run_id"], **parts)
 
 
 def prioritize(thread_id: int, wait: bool) -> None:
-    """Run `thread_id` on idle cores only while the run trains (`wait`), as any process once the
+    """Run `thread_id` on idle cores only while the run trains (`wait`), as any thread once the
     run waits for it (Linux; elsewhere it stays as it is)."""
     policy = os.SCHED_IDLE if wait else os.SCHED_OTHER
     with contextlib.suppress(AttributeError, OSError):
@@ -199,33 +234,3 @@ def may_idle() -> bool:
     thread.start()
     thread.join()
     return bool(allowed)
-
-
-def main() -> None:
-    """Warm up on idle cores while waiting for the run's model; log it; quit at once if the run
-    ends without one, or where it could only warm up competing with training (then the run
-    logs its model itself)."""
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # a Ctrl-C is the run's to handle
-    if not may_idle():
-        return
-    prioritize(0, wait=True)
-    answers = os.fdopen(os.dup(1), "w")  # stdout is for the answer alone:
-    os.dup2(2, 1)  # what libraries print goes where stderr goes
-    warming = threading.Thread(target=warm_up, daemon=True)  # its thread inherits the policy
-    warming.start()
-    line = sys.stdin.readline()
-    if not line:  # no model for us: gone now, imports half done or not
-        os._exit(0)
-    for thread in (threading.main_thread(), warming):
-        prioritize(thread.native_id or 0, wait=False)
-    warming.join()
-    try:
-        answer = {"model_uri": export(json.loads(line))}
-    except Exception as err:
-        answer = {"error": f"{type(err).__name__}: {' '.join(str(err).split())[:500]}"}
-    print(json.dumps(answer), file=answers, flush=True)
-    os._exit(0)  # not tearing torch and MLflow down: the run may be waiting to exit
-
-
-if __name__ == "__main__":
-    main()

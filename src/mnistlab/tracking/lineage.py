@@ -2,9 +2,9 @@
 
 - `config_digest`: a stable hash of a run's resolved config without its seed, its bookkeeping
   keys and its paths; runs that differ only in their seed share it (tag `config_digest`).
-- `dataset_inputs`: the run's train, val and test splits as MLflow dataset inputs, each with a
-  name, a source and a digest over its exact samples (images and labels), so two runs on the
-  same split share a digest and the val split's digest changes with the seed.
+- `dataset_facts`, `log_datasets`: the run's train, val and test splits as MLflow dataset
+  inputs, each with a name, a source and a digest over its exact samples (images and labels),
+  so two runs on the same split share a digest and the val split's digest changes with the seed.
 """
 
 import hashlib
@@ -61,8 +61,19 @@ def dataset_name_and_source(data_cfg: DictConfig) -> tuple[str, str]:
     return "synthetic", target
 
 
-def dataset_inputs(data: Any, cfg: DictConfig) -> list[Any]:
-    """The train, val and test splits of `data` (a mnistlab.data.Dataset) as MLflow
+def dataset_facts(data: Any, cfg: DictConfig) -> dict[str, Any]:
+    """What the run's dataset inputs say of `data` (a mnistlab.data.Dataset): its name, where
+    it comes from, and each split's digest and size."""
+    name, where = dataset_name_and_source(cfg.data)
+    splits = {}
+    for split in ("train", "val", "test"):
+        part = getattr(data, split)
+        splits[split] = (split_digest(part.images, part.labels), len(part))
+    return {"name": name, "where": where, "splits": splits}
+
+
+def log_datasets(client: Any, run_id: str, facts: dict[str, Any]) -> None:
+    """Log the train, val and test splits of `dataset_facts` to run `run_id` as MLflow
     DatasetInputs with the contexts train, val and test."""
     from mlflow.data.code_dataset_source import CodeDatasetSource
     from mlflow.data.dataset_source_registry import resolve_dataset_source
@@ -70,16 +81,14 @@ def dataset_inputs(data: Any, cfg: DictConfig) -> list[Any]:
     from mlflow.entities import DatasetInput, InputTag
     from mlflow.utils.mlflow_tags import MLFLOW_DATASET_CONTEXT
 
-    name, where = dataset_name_and_source(cfg.data)
+    name, where = facts["name"], facts["where"]
     if name == "synthetic":
         source = CodeDatasetSource({"mlflow.source.name": where})
     else:
         source = resolve_dataset_source(where)  # a local folder, or a URL
     inputs = []
-    for split in ("train", "val", "test"):
-        part = getattr(data, split)
-        digest = split_digest(part.images, part.labels)
+    for split, (digest, samples) in facts["splits"].items():
         dataset = MetaDataset(source, name=name, digest=digest)
-        tags = [InputTag(MLFLOW_DATASET_CONTEXT, split), InputTag("samples", str(len(part)))]
+        tags = [InputTag(MLFLOW_DATASET_CONTEXT, split), InputTag("samples", str(samples))]
         inputs.append(DatasetInput(dataset._to_mlflow_entity(), tags))
-    return inputs
+    client.log_inputs(run_id, datasets=inputs)

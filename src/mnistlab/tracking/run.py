@@ -9,7 +9,7 @@ with its metrics kept in the journal.
 import logging
 import re
 import traceback
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -18,12 +18,13 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
 from mnistlab.errors import TrackingUnavailable
-from mnistlab.tracking.exporter import take_exporter
+from mnistlab.tracking.exporter import Exporter
 from mnistlab.tracking.guard import Claim
 from mnistlab.tracking.lineage import config_digest
 from mnistlab.tracking.provenance import origin_tags
+from mnistlab.tracking.recorder import RemoteClient, on_store, release
 from mnistlab.tracking.store import connect, redact, tracking_uri
-from mnistlab.tracking.sweep import child_context, in_multirun
+from mnistlab.tracking.sweep import child_context
 from mnistlab.tracking.tracker import MlflowTracker
 from mnistlab.tracking.watchdog import close_abandoned
 
@@ -69,24 +70,30 @@ def run_params(cfg: DictConfig) -> dict[str, str]:
 
 def new_run(client: Any, experiment_id: str, cfg: DictConfig, output_dir: Path, tags: dict) -> str:
     """Create the run, named and tagged, with its params; its id."""
-    from mlflow.entities import Param
-    from mlflow.tracking.context.registry import resolve_tags
-
     context = hydra_context()
     child = child_context() or {}  # parent link and sweep tags when this is a sweep's job
     # MLflow's own random names come from the seeded `random`: every run would be called alike
     picks = [context["choices"].get(group) for group in ("model", "optimizer", "data")]
     default_name = "-".join([*(p for p in picks if p), output_dir.name])
     run_name = cfg.mlflow.run_name or child.pop("run_name", None) or default_name
-    all_tags = resolve_tags({
+    all_tags = {
         **origin_tags(), "hydra.output_dir": str(output_dir),
         "hydra.overrides": redact(" ".join(context["overrides"])),
         "config_digest": config_digest(cfg), **tags, **child,
-    })  # fmt: skip
-    run_id = client.create_run(experiment_id, tags=all_tags, run_name=run_name).info.run_id
-    params = [Param(k, v) for k, v in run_params(cfg).items()]
-    client.log_batch(run_id, params=params)
-    return run_id
+    }  # fmt: skip
+    return on_store(client, create_run, experiment_id, all_tags, run_name, run_params(cfg))
+
+
+def create_run(
+    client: Any, experiment_id: str, tags: dict[str, str], run_name: str, params: dict[str, str]
+) -> str:  # fmt: skip
+    """Create a run with `tags` (and MLflow's own: user, source, ...) and `params`; its id."""
+    from mlflow.entities import Param
+    from mlflow.tracking.context.registry import resolve_tags
+
+    run = client.create_run(experiment_id, tags=resolve_tags(tags), run_name=run_name)
+    client.log_batch(run.info.run_id, params=[Param(k, v) for k, v in params.items()])
+    return run.info.run_id
 
 
 def reopen(client: Any, run_id: str) -> None:
@@ -99,24 +106,22 @@ def reopen(client: Any, run_id: str) -> None:
 @contextmanager
 def open_run(
     cfg: DictConfig, claim: Claim, tags: dict[str, str], resume: tuple[str, int] | None = None,
-    connection: Any = None,
+    opener: Callable[[], tuple[Any, str]] | None = None,
 ) -> Iterator[MlflowTracker]:  # fmt: skip
     """The run of `claim.folder`, opened and watched, ended with a status on the way out.
 
     `tags` adds the run's own (the resolved device, say); `resume` is (run id, last epoch of
-    its checkpoint) to reopen a run; `connection` is a `connect_in_background(cfg)` started
-    earlier, if any.
+    its checkpoint) to reopen a run; `opener` opens the store (`store_opener(cfg)`: in the
+    recorder process), else `connect` does, here.
     """
-    # MLflow's import finishes in `connect` first: two threads importing it at once can trip
-    # Python's import-lock deadlock check (_DeadlockError on mlflow.tracking.context.registry)
-    client, experiment_id = connection.result() if connection else connect(cfg)
+    client, experiment_id = opener() if opener else connect(cfg)
     uri, output_dir = tracking_uri(cfg), claim.folder
     try:  # runs left RUNNING by a process killed with its watchdog (a container killed whole)
-        close_abandoned(client, experiment_id, uri)
+        on_store(client, close_abandoned, experiment_id, uri)
     except Exception as err:  # tidying up after others never stops this run
         log.warning(f"could not close abandoned runs: {type(err).__name__}: {err}")
     if resume:
-        reopen(client, resume[0])
+        on_store(client, reopen, resume[0])
     run_id = resume[0] if resume else new_run(client, experiment_id, cfg, output_dir, tags)
     claim.watch(uri, run_id, hint="it had saved no checkpoint: start it again")
     run = MlflowTracker(client, run_id, experiment_id, uri, output_dir, cfg.mlflow.offline_wait_s)
@@ -125,9 +130,10 @@ def open_run(
     if cfg.mlflow.get("system_metrics", True):
         run.start_system_metrics(resume=bool(resume))
     with closing(run):
-        # a single run logs its MLflow model from a process of its own, warmed up while it
-        # trains; a sweep's worker imports what the export needs once, for all its jobs
-        run.exporter = take_exporter(wanted=cfg.mlflow.log_model and not in_multirun())
+        # a single run's recorder process logs its MLflow model, warmed up while it trains; a
+        # sweep's worker imports what the export needs once, for all its jobs
+        if cfg.mlflow.log_model and isinstance(client, RemoteClient):
+            run.exporter = Exporter(client.recorder)
         yield run
 
 
@@ -156,8 +162,9 @@ def closing(run: MlflowTracker) -> Iterator[None]:
             run.client.log_text(run.run_id, traceback.format_exc(), "traceback.txt")
         raise
     finally:
-        if run.exporter is not None:  # done, or never handed a model: gone now
-            run.exporter.close(kill=True)
+        if run.exporter is not None:  # its handed file, if still there
+            run.exporter.close()
         run.stop_system_metrics(send=status is not None)  # not to a store that went away
         if status is not None:
             run.client.set_terminated(run.run_id, status)
+        release(run.client)  # the recorder process, if the store was opened there

@@ -9,7 +9,6 @@ import shutil
 import sqlite3
 import time
 from collections.abc import Iterator
-from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -319,13 +318,19 @@ def new_store(db: Path) -> None:
 
 
 def connect(cfg: DictConfig) -> tuple[Any, str]:
-    """Import MLflow and open the store and experiment (creating them if new): (client, id)."""
+    """Import MLflow and open the run's store and experiment (creating them if new):
+    (client, experiment id)."""
+    return open_store(tracking_uri(cfg), cfg.mlflow.experiment)
+
+
+def open_store(uri: str, experiment: str = "", experiment_id: str = "") -> tuple[Any, str]:
+    """Import MLflow and open store `uri` and its experiment named `experiment` (creating them
+    if new), or the one of id `experiment_id` (a run's, opened again): (client, experiment id)."""
     import mlflow
     from mlflow import MlflowClient
     from mlflow.exceptions import MlflowException
     from sqlalchemy.exc import SQLAlchemyError
 
-    uri = tracking_uri(cfg)
     check_store(uri)
     mlflow.set_tracking_uri(uri)  # for MLflow calls that take no client, like Model.log
     db = sqlite_path(uri)
@@ -334,8 +339,9 @@ def connect(cfg: DictConfig) -> tuple[Any, str]:
             if db is not None and not db.exists():
                 new_store(db)
             client = MlflowClient(tracking_uri=uri)
-            experiment_id = get_experiment_id(client, cfg.mlflow.experiment, uri)
-            check_permission(uri, experiment_id, cfg.mlflow.experiment)
+            if not experiment_id:
+                experiment_id = get_experiment_id(client, experiment, uri)
+                check_permission(uri, experiment_id, experiment)
             if db is not None:  # WAL: parallel runs write while others read
                 with sqlite3.connect(db, timeout=30) as con:
                     con.execute("PRAGMA journal_mode=WAL")
@@ -343,20 +349,12 @@ def connect(cfg: DictConfig) -> tuple[Any, str]:
         if err.error_code == "PERMISSION_DENIED":  # e.g. to create the experiment
             user = os.environ.get("MLFLOW_TRACKING_USERNAME")
             raise UserError(
-                f"mlflow.experiment={cfg.mlflow.experiment}: user {user} has no permission to "
+                f"mlflow.experiment={experiment}: user {user} has no permission to "
                 f"use it on {redact(uri)} ({err.error_code}); ask the server's admin for access"
             ) from None
         raise store_error(uri, err) from err
     except (ImportError, SQLAlchemyError) as err:  # no driver, a refusing DB
         raise store_error(uri, err) from err
-    mlflow.set_experiment(experiment_id=experiment_id)  # where Model.log puts logged models
+    if experiment:  # (a request to the store: not for a run's store opened again mid-run)
+        mlflow.set_experiment(experiment_id=experiment_id)  # where Model.log puts logged models
     return client, experiment_id
-
-
-def connect_in_background(cfg: DictConfig) -> Future:
-    """Run `connect` in a thread, so MLflow's import and store setup overlap loading torch and
-    the data (about 2 s of a fresh run's start-up)."""
-    pool = ThreadPoolExecutor(1, thread_name_prefix="mlflow-connect")
-    future = pool.submit(connect, cfg)
-    pool.shutdown(wait=False)
-    return future

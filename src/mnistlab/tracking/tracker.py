@@ -19,11 +19,14 @@ from pathlib import Path
 from typing import Any
 
 from mnistlab.errors import TrackingUnavailable
+from mnistlab.tracking import system
 from mnistlab.tracking.exporter import Exporter, log_model
+from mnistlab.tracking.lineage import dataset_facts, log_datasets
+from mnistlab.tracking.recorder import on_recorder, on_store
 from mnistlab.tracking.store import redact, server_problem
 
 log = logging.getLogger(__name__)
-EXPORT_WAIT_S = 120  # the least time the export process gets to log the model, in seconds
+EXPORT_WAIT_S = 120  # the least time the recorder process gets to log the model, in seconds
 
 
 class MlflowTracker:
@@ -43,8 +46,7 @@ class MlflowTracker:
         self.journal = output_dir / "metrics.jsonl"
         self.failure: str | None = None  # why the last attempt failed, while batches wait
         self.logged = 0  # the last epoch the store had when the run was (re)opened
-        self.system: Any = None  # MLflow's system metrics monitor (tracking.system), if on
-        self.exporter: Exporter | None = None  # the model export's own process, if started
+        self.exporter: Exporter | None = None  # the model export, in the recorder process
         self._handed: tuple[Any, Any] | None = None  # (model, example) the exporter logs
         self._queue: queue.Queue = queue.Queue()
         threading.Thread(target=self._send_forever, name="mlflow-sender", daemon=True).start()
@@ -93,13 +95,11 @@ class MlflowTracker:
         self._queue_record(record)
 
     def _queue_record(self, record: dict) -> None:
-        from mlflow.entities import Metric
-
         now, epoch = int(time.time() * 1000), record["epoch"]
-        batch = [Metric(k, float(v), now, epoch) for k, v in record["metrics"].items()]
+        rows = [(k, float(v), now, epoch) for k, v in record["metrics"].items()]
         steps = record.get("steps") or {"train/step_loss": record.get("step_losses", [])}
-        batch += [Metric(k, float(v), now, s) for k, points in steps.items() for s, v in points]
-        self._queue.put(lambda: self.client.log_batch(self.run_id, metrics=batch, synchronous=True))
+        rows += [(k, float(v), now, s) for k, points in steps.items() for s, v in points]
+        self._queue.put(lambda: on_store(self.client, log_metric_rows, self.run_id, rows))
 
     def log_tags(self, tags: dict[str, str]) -> None:
         """Queue tags for the run, behind the metrics."""
@@ -120,26 +120,20 @@ class MlflowTracker:
     def log_dataset(self, data: Any, cfg: Any) -> None:
         """Queue the run's train, val and test splits as MLflow dataset inputs (name, source,
         digest over each split's samples), behind the metrics."""
-        from mnistlab.tracking.lineage import dataset_inputs
-
-        inputs = dataset_inputs(data, cfg)
-        self._queue.put(lambda: self.client.log_inputs(self.run_id, datasets=inputs))
+        facts = dataset_facts(data, cfg)  # the digests: computed here, where the data is
+        self._queue.put(lambda: on_store(self.client, log_datasets, self.run_id, facts))
 
     def start_system_metrics(self, resume: bool) -> None:
-        """Start MLflow's system metrics monitor on this run."""
-        from mnistlab.tracking.system import SystemMetrics
-
-        self.system = SystemMetrics(self.run_id, self.uri, resume)
+        """Start MLflow's system metrics monitor on this run (where its store was opened)."""
+        on_recorder(self.client, system.start_monitor, self.run_id, self.uri, resume)
 
     def stop_system_metrics(self, send: bool = True) -> None:
         """Stop the monitor, if any; with `send`, log its last point and wait for the store."""
-        if self.system is not None:
-            self.system.stop(send)
-            self.system = None
+        on_recorder(self.client, system.stop_monitor, send)
 
     def log_model(self, model: Any, example: Any) -> None:
         """Log `model` as an MLflow PyTorch model "model", ready for the Model Registry and
-        `mlflow.pytorch.load_model`: hand it to the export process, which logs it while the
+        `mlflow.pytorch.load_model`: hand it to the recorder process, which logs it while the
         run finishes (`flush` waits for it); without one, once the store has everything queued
         before it."""
         run = {"uri": self.uri, "experiment_id": self.experiment_id, "run_id": self.run_id}
@@ -157,8 +151,7 @@ class MlflowTracker:
     def catch_up(self, upto: int | None = None) -> None:
         """Queue the journal's epochs (up to `upto`, else all) that the store lacks (the server
         was away, or the process was killed before they went out)."""
-        history = self.client.get_metric_history(self.run_id, "epoch_time_s")
-        self.logged = max((m.step for m in history), default=0)
+        self.logged = on_store(self.client, last_step, self.run_id, "epoch_time_s")
         records = {}
         if self.journal.exists():
             for line in self.journal.read_text().splitlines():
@@ -183,22 +176,21 @@ class MlflowTracker:
         (model, example), self._handed = self._handed, None
         try:
             answer = self.exporter.answer(timeout=max(deadline - time.monotonic(), EXPORT_WAIT_S))
-        except TimeoutError as err:
-            self.exporter.close(kill=True)
+        except TimeoutError as err:  # the recorder was killed with the export
             if server_problem(self.uri, timeout=5) is not None:
                 raise self._unavailable("the MLflow model did not reach it") from None
             answer = {"error": str(err)}
         if "model_uri" in answer:
-            log.info(f"MLflow model {answer['model_uri']} logged by the export process")
-        elif "model_uri" not in self.client.get_run(self.run_id).data.tags:  # set last, if done
-            log.warning(f"model export process: {answer['error']}; logging the model here")
+            log.info(f"MLflow model {answer['model_uri']} logged by the recorder process")
+        elif "model_uri" not in on_store(self.client, run_tags, self.run_id):  # set last, if done
+            log.warning(f"model export in the recorder: {answer['error']}; logging the model here")
             log_model(self.uri, self.experiment_id, self.run_id, model, example)  # fails the run
 
     def abandon_model(self) -> None:
         """The run failed or was stopped: the model handed over is not logged after all."""
         self._handed = None
         if self.exporter is not None:
-            self.exporter.close(kill=True)
+            self.exporter.drop()
 
     def _unavailable(self, what: str) -> TrackingUnavailable:
         return TrackingUnavailable(
@@ -207,3 +199,20 @@ class MlflowTracker:
             f"metrics are kept in {self.journal}, the run stays RUNNING there. Once it is back, "
             f"send them and finish the run with: python -m train resume={self.journal.parent}"
         )
+
+
+def log_metric_rows(client: Any, run_id: str, rows: list[tuple]) -> None:
+    """Log metric rows (key, value, timestamp in ms, step) to run `run_id` in one request."""
+    from mlflow.entities import Metric
+
+    client.log_batch(run_id, metrics=[Metric(*row) for row in rows], synchronous=True)
+
+
+def last_step(client: Any, run_id: str, key: str) -> int:
+    """The last step the store has of metric `key` in run `run_id` (0 if none)."""
+    return max((m.step for m in client.get_metric_history(run_id, key)), default=0)
+
+
+def run_tags(client: Any, run_id: str) -> dict[str, str]:
+    """The tags of run `run_id`."""
+    return dict(client.get_run(run_id).data.tags)

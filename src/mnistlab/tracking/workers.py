@@ -65,7 +65,7 @@ def warm_worker() -> int:
         import torch._dynamo  # noqa: F401
 
         threads = torch.get_num_threads()  # loky's share of the cores: the jobs' on a GPU too
-        warm_up()  # sets 1 thread, for the export process it was written for
+        warm_up()  # sets 1 thread, for the recorder process it was written for
         torch.set_num_threads(threads)
         _warmed.append(os.getpid())
     return os.getpid()
