@@ -2,8 +2,8 @@
 
 `torch.export` and MLflow's model code take seconds to import, and the first export scans
 every installed package: done by the training process at the end, the user would wait for all
-of it. So the recorder, once it has imported MLflow, warms the export up in a thread on cores
-the training process leaves idle (SCHED_IDLE: training never waits for it; `start_warming`).
+of it. So the recorder, once it has imported MLflow, warms the export up in a thread while the
+run builds its parts and trains (`start_warming`).
 At the end the run hands it the trained model (`Exporter.hand_over`), in a file in the output
 dir, and draws the plots meanwhile. The run ends FINISHED only once the recorder answered with
 the model's URI; if the export failed there, or the recorder died, the training process logs the
@@ -144,23 +144,15 @@ class Export:
 
 
 def start_warming(_: Any = None) -> None:
-    """In the recorder: warm the export up on idle cores, if this process may leave idle
-    priority again (else it would export at idle priority on a busy machine: no warm-up)."""
-    if may_idle():
-        Export.warming = threading.Thread(target=warm_up_idle, name="export-warm-up", daemon=True)
-        Export.warming.start()
-
-
-def warm_up_idle() -> None:
-    """`warm_up` at idle priority."""
-    prioritize(0, wait=True)
-    warm_up()
+    """In the recorder: warm the export up in a thread. At normal priority: at a lower one
+    (SCHED_IDLE, nice 19) it holds the recorder's GIL while training keeps it off the cores,
+    and the run's store calls wait for it (its metrics reached the store seconds late)."""
+    Export.warming = threading.Thread(target=warm_up, name="export-warm-up", daemon=True)
+    Export.warming.start()
 
 
 def begin_export(_: Any, job: dict[str, Any]) -> None:
     """In the recorder: export the handed model in a thread, once the warm-up is done."""
-    if Export.warming is not None:
-        prioritize(Export.warming.native_id or 0, wait=False)  # the run now waits for it
     Export.job = job
     Export.thread = threading.Thread(target=export_now, args=(job,), name="export", daemon=True)
     Export.thread.start()
@@ -209,28 +201,3 @@ def export(job: dict[str, Any]) -> str:
     if Export.dropped:
         raise RuntimeError("the run no longer wanted the model")
     return log_model(job["uri"], job["experiment_id"], job["run_id"], **parts)
-
-
-def prioritize(thread_id: int, wait: bool) -> None:
-    """Run `thread_id` on idle cores only while the run trains (`wait`), as any thread once the
-    run waits for it (Linux; elsewhere it stays as it is)."""
-    policy = os.SCHED_IDLE if wait else os.SCHED_OTHER
-    with contextlib.suppress(AttributeError, OSError):
-        os.sched_setscheduler(thread_id, policy, os.sched_param(0))
-
-
-def may_idle() -> bool:
-    """Whether a thread here may go to idle priority and come back: a process without
-    CAP_SYS_NICE, under RLIMIT_NICE 0, may not come back (and would export at idle priority)."""
-
-    def probe() -> None:
-        with contextlib.suppress(AttributeError, OSError):
-            os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))
-            os.sched_setscheduler(0, os.SCHED_OTHER, os.sched_param(0))
-            allowed.append(True)
-
-    allowed: list[bool] = []
-    thread = threading.Thread(target=probe)
-    thread.start()
-    thread.join()
-    return bool(allowed)
