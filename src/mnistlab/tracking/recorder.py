@@ -3,7 +3,7 @@
 Importing MLflow and opening its store take 2-3 s of pure Python. In the training process
 they would hold the run up (a thread would compete with training for the GIL). So `python -m
 train` starts this process first thing (`start_recorder_early`): it imports MLflow while torch
-loads in the training process, and opens the store as soon as the run's config is known
+loads in the training process, and opens the store once the run's parts are built
 (`store_opener`). The run then reaches the store through `RemoteClient`: each call is
 a request on the recorder's stdin, answered on its stdout, so the run's journal, sender,
 watchdog and statuses work as with a client of its own. With a model to log, the recorder also
