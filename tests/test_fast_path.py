@@ -1,9 +1,12 @@
 """The fast data path and its options: DataLoader parity, decode cache, bf16, compile, threads."""
 
+from concurrent.futures import Future
+
 import torch
 
 from conftest import only_run
 from mnistlab.config import compose
+from mnistlab.device import Threads
 from mnistlab.parts import build_part
 from mnistlab.recipe import train
 
@@ -44,6 +47,27 @@ def test_decoded_dataset_is_cached_and_a_corrupt_cache_is_rebuilt(data_root, tmp
     assert cache.stat().st_size > 40_000_000  # rewritten whole
     third = build_part(cfg.data, "data", seed=0)
     assert torch.equal(first.val.images, third.val.images)
+
+
+def test_training_spares_a_core_while_its_helper_process_works():
+    # torch's threads are set for the calling thread: set and read here, in the main thread
+    before = torch.get_num_threads()
+    try:
+        helper = Future()  # the recorder's export warm-up, as `store_opener` gives it
+        threads = Threads(2, helper)
+        threads.apply()
+        assert torch.get_num_threads() == 1
+        threads.settle()  # between two steps, the helper still busy
+        assert torch.get_num_threads() == 1
+        helper.set_result(None)
+        threads.settle()
+        assert torch.get_num_threads() == 2 and threads.helper is None
+        Threads(3, helper).apply()  # done before training started: all of them from the start
+        assert torch.get_num_threads() == 3
+        Threads(1, Future()).apply()  # one thread: nothing to spare
+        assert torch.get_num_threads() == 1
+    finally:
+        torch.set_num_threads(before)
 
 
 def test_bf16_autocast_threads_and_compile_train_on_cpu(tmp_path, store):

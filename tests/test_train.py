@@ -311,6 +311,11 @@ def test_the_record_is_complete_when_the_command_returns(tmp_path):
     said = result.stdout + result.stderr  # the model is logged after the log's upload
     assert "logged by the recorder process" in said and FALLBACK not in said  # as the plots drew
     check_model(run, tmp_path)
+    # it trained on one thread fewer while the recorder warmed the export up: torch's own count
+    # is the one recorded
+    default = subprocess.run([sys.executable, "-c", "import torch; print(torch.get_num_threads())"],
+                             capture_output=True, text=True, check=True).stdout.strip()  # fmt: skip
+    assert run.data.tags["torch.threads"] == default
     journal = Path(run.data.tags["hydra.output_dir"]) / "metrics.jsonl"
     assert [json.loads(line)["epoch"] for line in journal.read_text().splitlines()] == [1, 2]
 

@@ -5,6 +5,7 @@ class count to the model, the model's parameters to the optimizer.
 """
 
 import re
+from concurrent.futures import Future
 from dataclasses import dataclass
 
 import torch
@@ -16,7 +17,7 @@ from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
 from mnistlab import distributed
 from mnistlab.data import Dataset
-from mnistlab.device import compiled, resolve_device
+from mnistlab.device import Threads, compiled, resolve_device
 from mnistlab.errors import UserError
 from mnistlab.loop import steps_per_epoch
 from mnistlab.schedules import Schedule
@@ -34,6 +35,7 @@ class Parts:
     device: torch.device
     schedule: Schedule
     ema: AveragedModel | None = None
+    threads: Threads | None = None  # torch's CPU threads, shared with a helper process
 
     @property
     def evaluated(self) -> nn.Module:
@@ -59,13 +61,14 @@ def build_part(node: DictConfig, key: str, **runtime):
         raise
 
 
-def build_parts(cfg: DictConfig, threads: int | None = None) -> Parts:
-    """The data on this process's device, and the model and optimizer for it."""
+def build_parts(cfg: DictConfig, threads: int | None = None, helper: Future | None = None) -> Parts:
+    """The data on this process's device, and the model and optimizer for it; on the CPU,
+    one thread fewer while `helper` works, unless device.threads is set."""
     device = distributed.setup(resolve_device(cfg.device.type))  # under torchrun: this rank's
-    threads = cfg.device.threads or threads or distributed.cpu_threads()  # share the cores
-    if threads and device.type == "cpu":
-        torch.set_num_threads(threads)
+    share = cfg.device.threads or threads or distributed.cpu_threads()  # share the cores
+    cpu = Threads(share or torch.get_num_threads(), None if cfg.device.threads else helper)
     if device.type == "cpu":  # tiny Adam moments and weights as denormals slow each epoch more
+        cpu.apply()
         torch.set_flush_denormal(bool(cfg.device.flush_denormal))
     data = build_part(cfg.data, "data", seed=cfg.seed).to(device)
     if cfg.train.overfit_batches:  # a few fixed batches, to check the model can learn at all
@@ -82,4 +85,5 @@ def build_parts(cfg: DictConfig, threads: int | None = None) -> Parts:
         ema_fn = get_ema_multi_avg_fn(cfg.train.ema_decay)
         ema = AveragedModel(model, multi_avg_fn=ema_fn, use_buffers=True)
     net = distributed.wrap(compiled(model, cfg.device.compile))  # shares model's parameters
-    return Parts(data, model, net, optimizer, device, schedule, ema)
+    cpu = cpu if device.type == "cpu" else None
+    return Parts(data, model, net, optimizer, device, schedule, ema, cpu)

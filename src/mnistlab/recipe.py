@@ -15,6 +15,7 @@ import logging
 import os
 import shutil
 import time
+from concurrent.futures import Future
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -80,7 +81,7 @@ def run(cfg: DictConfig, output_dir: str | Path | None = None) -> float:
     claim = tracking.Claim(output_dir, key, then) if rank0 else None  # rank 0 records the run
     with claim or contextlib.nullcontext():
         opener = tracking.store_opener(cfg) if claim else None  # the recorder, if started
-        parts, state = build(cfg, start)
+        parts, state = build(cfg, start, opener.busy if opener else None)
         with (
             open_tracker(cfg, claim, opener, parts, start) as tracker,
             StopRequest().installed() as stop,
@@ -99,11 +100,12 @@ def run(cfg: DictConfig, output_dir: str | Path | None = None) -> float:
     return state.best_val_acc
 
 
-def build(cfg: DictConfig, start: Start) -> tuple[Parts, TrainState]:
-    """Seed, then build the parts; a resumed run's come back as its checkpoint left them."""
+def build(cfg: DictConfig, start: Start, helper: Future | None) -> tuple[Parts, TrainState]:
+    """Seed, then build the parts (one CPU thread fewer while `helper`, the recorder process's
+    warm-up, works); a resumed run's come back as its checkpoint left them."""
     save_hydra_files(cfg, start.output_dir)
     seed_everything(cfg.seed)
-    parts = build_parts(cfg, threads=tracking.threads_per_job())
+    parts = build_parts(cfg, threads=tracking.threads_per_job(), helper=helper)
     state = TrainState()
     if start.checkpoint:  # a checkpoint that does not fit fails here, before the store
         checkpoint.restore(start.checkpoint, parts)
@@ -170,7 +172,7 @@ def open_tracker(cfg: DictConfig, claim: Any, opener: Any, parts: Parts, start: 
         return
     tags = {
         "device": str(parts.device),
-        "torch.threads": str(torch.get_num_threads()),
+        "torch.threads": str(parts.threads.full if parts.threads else torch.get_num_threads()),
         "distributed.world_size": str(distributed.world_size()),
     }
     if group_choice("debug"):  # so the UI can filter debug runs away

@@ -33,6 +33,7 @@ import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import Future
+from dataclasses import dataclass
 from multiprocessing.connection import Connection
 from typing import Any
 
@@ -217,10 +218,10 @@ def start_recorder_early() -> None:
     _early.append(Recorder())
 
 
-def store_opener(cfg: DictConfig) -> Callable[[], tuple[Any, str]] | None:
-    """What opens the run's store once its parts are built (`connect`'s result: client,
-    experiment id): the recorder process, if one was started early, which now warms up the
-    model export if the run logs one. None without a recorder: `connect` it is."""
+def store_opener(cfg: DictConfig) -> "Opener | None":
+    """What opens the run's store once its parts are built: the recorder process, if one was
+    started early, which now warms up the model export if the run logs one. None without a
+    recorder: `connect` it is."""
     recorder = _early.pop() if _early else None
     if recorder is not None and (in_multirun() or recorder.broken):
         if recorder.process is not None and recorder.broken:
@@ -230,11 +231,26 @@ def store_opener(cfg: DictConfig) -> Callable[[], tuple[Any, str]] | None:
         recorder = None
     if recorder is None:
         return None
+    busy = None
     if cfg.mlflow.log_model:
-        from mnistlab.tracking.exporter import start_warming
+        from mnistlab.tracking.exporter import warm_up_export
 
-        recorder.submit(start_warming)
-    return functools.partial(open_remote, recorder, cfg)
+        busy = recorder.submit(warm_up_export)
+    return Opener(recorder, cfg, busy)
+
+
+@dataclass
+class Opener:
+    """Opens a run's store in the recorder process (`connect`'s result: client, experiment id);
+    `busy`: the future of the recorder's warm-up, done when it has a core to spare no more
+    (the run trains on one thread fewer until then)."""
+
+    recorder: Recorder
+    cfg: DictConfig
+    busy: Future | None = None
+
+    def __call__(self) -> tuple[Any, str]:
+        return open_remote(self.recorder, self.cfg)
 
 
 def open_remote(recorder: Recorder, cfg: DictConfig) -> tuple[Any, str]:
@@ -318,7 +334,8 @@ def wind_down(threads: list[threading.Thread]) -> None:
     exporter.drop_export(None)
     deadline = time.monotonic() + GRACE_S
     for thread in threads:
-        thread.join(max(0.0, deadline - time.monotonic()))
+        if thread is not exporter.Export.warming:  # nothing to finish for nobody
+            thread.join(max(0.0, deadline - time.monotonic()))
     exporter.drop_handed()
 
 
