@@ -1,13 +1,10 @@
 """The fast data path and its options: DataLoader parity, decode cache, bf16, compile, threads."""
 
-from concurrent.futures import Future
-
 import torch
 
 from conftest import only_run
 from mnistlab.config import compose
-from mnistlab.device import Threads
-from mnistlab.parts import build_part
+from mnistlab.parts import build_part, build_parts
 from mnistlab.recipe import train
 
 
@@ -49,23 +46,24 @@ def test_decoded_dataset_is_cached_and_a_corrupt_cache_is_rebuilt(data_root, tmp
     assert torch.equal(first.val.images, third.val.images)
 
 
-def test_training_spares_a_core_while_its_helper_process_works():
-    # torch's threads are set for the calling thread: set and read here, in the main thread
+def test_epoch_1_spares_a_core_for_the_recorder_unless_threads_are_set_or_compiled():
     before = torch.get_num_threads()
     try:
-        helper = Future()  # the recorder's export warm-up, as `store_opener` gives it
-        threads = Threads(2, helper)
-        threads.apply()
+        base = ["data=synthetic", "data.train_size=256", "data.val_size=64", "device=cpu"]
+        spared = build_parts(compose([*base, "device.threads=3"]), threads=None, spare=True)
+        assert spared.threads.count(1) == 3  # set by hand: kept
+        spared = build_parts(compose([*base, "device.compile=default"]), spare=True)
+        assert spared.threads.count(1) == spared.threads.full  # inductor fixes its count
+        torch.set_num_threads(2)
+        parts = build_parts(compose(base), spare=True)
+        assert (parts.threads.full, parts.threads.count(1), parts.threads.count(2)) == (2, 1, 2)
+        parts.threads.set_for(1)  # torch's count is per thread: set and read here
         assert torch.get_num_threads() == 1
-        threads.settle()  # between two steps, the helper still busy
-        assert torch.get_num_threads() == 1
-        helper.set_result(None)
-        threads.settle()
-        assert torch.get_num_threads() == 2 and threads.helper is None
-        Threads(3, helper).apply()  # done before training started: all of them from the start
-        assert torch.get_num_threads() == 3
-        Threads(1, Future()).apply()  # one thread: nothing to spare
-        assert torch.get_num_threads() == 1
+        parts.threads.set_for(2)
+        assert torch.get_num_threads() == 2
+        torch.set_num_threads(1)  # one thread: nothing to spare
+        assert build_parts(compose(base), spare=True).threads.count(1) == 1
+        assert build_parts(compose(base)).threads.count(1) == 1
     finally:
         torch.set_num_threads(before)
 

@@ -2,7 +2,6 @@
 and share the CPU's cores with the run's helper process."""
 
 import contextlib
-from concurrent.futures import Future
 from dataclasses import dataclass
 
 import torch
@@ -54,25 +53,23 @@ def compiled(model: nn.Module, mode: Compile | str) -> nn.Module:
 
 @dataclass
 class Threads:
-    """torch's intra-op CPU threads: `full`, or one fewer while `helper` (the future of a helper
-    process's work: the MLflow recorder warming the model export up) is not done.
+    """torch's intra-op CPU threads: `full`, but one fewer in epoch 1 if `spare` (a helper
+    process of the run works on the other core then: the MLflow recorder warming the model
+    export up).
 
     A step's OpenMP threads wait for each other at every op, so a helper that keeps one of them
-    off its core costs training far more than its share. On 2 cores, the first 150 steps of the
+    off its core costs training far more than its share: on 2 cores, the first 150 steps of the
     tutorial recipe took 2.5 s instead of 0.4 s while the recorder warmed up; on one thread,
-    0.5 s."""
+    0.5 s. The count depends on the epoch alone, never on when the helper is done: torch's
+    results change with it, and a run must reproduce exactly, resumed or not."""
 
     full: int
-    helper: Future | None = None
+    spare: bool = False
 
-    def apply(self) -> None:
-        """Set torch's threads for now."""
-        if self.helper is not None and (self.full < 2 or self.helper.done()):
-            self.helper = None
-        torch.set_num_threads(self.full if self.helper is None else self.full - 1)
+    def count(self, epoch: int) -> int:
+        """The threads that epoch `epoch` trains and evaluates on."""
+        return self.full - 1 if self.spare and epoch == 1 and self.full > 1 else self.full
 
-    def settle(self) -> None:
-        """All `full` threads again once the helper is done. Between two steps: torch's
-        threads are set for the thread that calls it."""
-        if self.helper is not None and self.helper.done():
-            self.apply()
+    def set_for(self, epoch: int) -> None:
+        """Set them for `epoch`, in the thread that trains: torch's count is per thread."""
+        torch.set_num_threads(self.count(epoch))

@@ -151,8 +151,6 @@ def train_epoch(parts, state: TrainState, opts: LoopSettings, stop=None) -> dict
     for i, (inputs, labels) in enumerate(batches, start=done + 1):
         lr = parts.optimizer.param_groups[0]["lr"]  # the lr this step uses
         loss, logits = train_step(parts, inputs, labels, opts)
-        if parts.threads is not None:  # all of them again once the helper process is done
-            parts.threads.settle()
         loss_sum += loss.detach() * len(labels)
         correct += (logits.detach().argmax(dim=1) == labels).sum()
         bar.update(len(labels))

@@ -5,7 +5,6 @@ class count to the model, the model's parameters to the optimizer.
 """
 
 import re
-from concurrent.futures import Future
 from dataclasses import dataclass
 
 import torch
@@ -20,6 +19,7 @@ from mnistlab.data import Dataset
 from mnistlab.device import Threads, compiled, resolve_device
 from mnistlab.errors import UserError
 from mnistlab.loop import steps_per_epoch
+from mnistlab.options import Compile
 from mnistlab.schedules import Schedule
 
 
@@ -35,7 +35,7 @@ class Parts:
     device: torch.device
     schedule: Schedule
     ema: AveragedModel | None = None
-    threads: Threads | None = None  # torch's CPU threads, shared with a helper process
+    threads: Threads | None = None  # on the CPU: torch's threads, by epoch
 
     @property
     def evaluated(self) -> nn.Module:
@@ -61,14 +61,15 @@ def build_part(node: DictConfig, key: str, **runtime):
         raise
 
 
-def build_parts(cfg: DictConfig, threads: int | None = None, helper: Future | None = None) -> Parts:
-    """The data on this process's device, and the model and optimizer for it; on the CPU,
-    one thread fewer while `helper` works, unless device.threads is set."""
+def build_parts(cfg: DictConfig, threads: int | None = None, spare: bool = False) -> Parts:
+    """The data on this process's device, and the model and optimizer for it. `spare`: a
+    helper process works through epoch 1, which then trains on one CPU thread fewer (unless
+    device.threads is set, or the model compiled: inductor fixes its count as it compiles)."""
     device = distributed.setup(resolve_device(cfg.device.type))  # under torchrun: this rank's
-    share = cfg.device.threads or threads or distributed.cpu_threads()  # share the cores
-    cpu = Threads(share or torch.get_num_threads(), None if cfg.device.threads else helper)
+    threads = cfg.device.threads or threads or distributed.cpu_threads()  # share the cores
+    if threads and device.type == "cpu":
+        torch.set_num_threads(threads)
     if device.type == "cpu":  # tiny Adam moments and weights as denormals slow each epoch more
-        cpu.apply()
         torch.set_flush_denormal(bool(cfg.device.flush_denormal))
     data = build_part(cfg.data, "data", seed=cfg.seed).to(device)
     if cfg.train.overfit_batches:  # a few fixed batches, to check the model can learn at all
@@ -85,5 +86,6 @@ def build_parts(cfg: DictConfig, threads: int | None = None, helper: Future | No
         ema_fn = get_ema_multi_avg_fn(cfg.train.ema_decay)
         ema = AveragedModel(model, multi_avg_fn=ema_fn, use_buffers=True)
     net = distributed.wrap(compiled(model, cfg.device.compile))  # shares model's parameters
-    cpu = cpu if device.type == "cpu" else None
+    spare = spare and not cfg.device.threads and Compile(cfg.device.compile) is Compile.off
+    cpu = Threads(torch.get_num_threads(), spare) if device.type == "cpu" else None
     return Parts(data, model, net, optimizer, device, schedule, ema, cpu)

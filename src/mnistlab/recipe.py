@@ -15,7 +15,6 @@ import logging
 import os
 import shutil
 import time
-from concurrent.futures import Future
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -81,7 +80,7 @@ def run(cfg: DictConfig, output_dir: str | Path | None = None) -> float:
     claim = tracking.Claim(output_dir, key, then) if rank0 else None  # rank 0 records the run
     with claim or contextlib.nullcontext():
         opener = tracking.store_opener(cfg) if claim else None  # the recorder, if started
-        parts, state = build(cfg, start, opener.busy if opener else None)
+        parts, state = build(cfg, start, spare=bool(opener and opener.warms_up))
         with (
             open_tracker(cfg, claim, opener, parts, start) as tracker,
             StopRequest().installed() as stop,
@@ -100,12 +99,12 @@ def run(cfg: DictConfig, output_dir: str | Path | None = None) -> float:
     return state.best_val_acc
 
 
-def build(cfg: DictConfig, start: Start, helper: Future | None) -> tuple[Parts, TrainState]:
-    """Seed, then build the parts (one CPU thread fewer while `helper`, the recorder process's
-    warm-up, works); a resumed run's come back as its checkpoint left them."""
+def build(cfg: DictConfig, start: Start, spare: bool) -> tuple[Parts, TrainState]:
+    """Seed, then build the parts (`spare`: a core for the recorder process in epoch 1); a
+    resumed run's come back as its checkpoint left them."""
     save_hydra_files(cfg, start.output_dir)
     seed_everything(cfg.seed)
-    parts = build_parts(cfg, threads=tracking.threads_per_job(), helper=helper)
+    parts = build_parts(cfg, threads=tracking.threads_per_job(), spare=spare)
     state = TrainState()
     if start.checkpoint:  # a checkpoint that does not fit fails here, before the store
         checkpoint.restore(start.checkpoint, parts)
@@ -172,9 +171,11 @@ def open_tracker(cfg: DictConfig, claim: Any, opener: Any, parts: Parts, start: 
         return
     tags = {
         "device": str(parts.device),
-        "torch.threads": str(parts.threads.full if parts.threads else torch.get_num_threads()),
+        "torch.threads": str(torch.get_num_threads()),
         "distributed.world_size": str(distributed.world_size()),
     }
+    if parts.threads and parts.threads.count(1) != parts.threads.full:
+        tags["torch.threads.epoch_1"] = str(parts.threads.count(1))
     if group_choice("debug"):  # so the UI can filter debug runs away
         tags["debug"] = group_choice("debug")
     resume = start.checkpoint and (start.checkpoint["run_id"], start.checkpoint["state"].epoch)
@@ -233,6 +234,12 @@ def run_epoch(cfg, parts: Parts, state: TrainState, opts: LoopSettings, where: t
     and log the metrics; return them."""
     stop, tracker, output_dir = where
     epoch, start = state.epoch + 1, time.perf_counter() - state.elapsed_s
+    if parts.threads is not None:
+        parts.threads.set_for(epoch)
+        if parts.threads.count(epoch) < parts.threads.full:
+            log.info(f"Epoch {epoch} trains on {parts.threads.count(epoch)} of "
+                     f"{parts.threads.full} CPU threads, leaving a core to the recorder process "
+                     "as it warms the MLflow model export up")  # fmt: skip
     try:
         train_m = train_epoch(parts, state, opts, stop)
     except EpochInterrupted:

@@ -3,7 +3,7 @@
 `torch.export` and MLflow's model code take seconds to import, and the first export scans
 every installed package: done by the training process at the end, the user would wait for all
 of it. So the recorder, once it has imported MLflow, warms the export up in a thread while the
-run builds its parts and trains (`warm_up_export`), on a core the run spares it meanwhile.
+run builds its parts and trains (`start_warming`), on a core the run spares it in epoch 1.
 At the end the run hands it the trained model (`Exporter.hand_over`), in a file in the output
 dir, and draws the plots meanwhile. The run ends FINISHED only once the recorder answered with
 the model's URI; if the export failed there, or the recorder died, the training process logs the
@@ -143,13 +143,12 @@ class Export:
     dropped = False
 
 
-def warm_up_export(_: Any = None) -> None:
-    """In the recorder: warm the export up in this request's thread; the answer says it is
-    done. At normal priority: at a lower one (SCHED_IDLE, nice 19) it holds the recorder's GIL
-    while training keeps it off the cores, and the run's store calls wait for it (its metrics
-    reached the store seconds late)."""
-    Export.warming = threading.current_thread()  # what the export waits for
-    warm_up()
+def start_warming(_: Any = None) -> None:
+    """In the recorder: warm the export up in a thread. At normal priority: at a lower one
+    (SCHED_IDLE, nice 19) it holds the recorder's GIL while training keeps it off the cores,
+    and the run's store calls wait for it (its metrics reached the store seconds late)."""
+    Export.warming = threading.Thread(target=warm_up, name="export-warm-up", daemon=True)
+    Export.warming.start()
 
 
 def begin_export(_: Any, job: dict[str, Any]) -> None:

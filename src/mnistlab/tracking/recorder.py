@@ -231,23 +231,22 @@ def store_opener(cfg: DictConfig) -> "Opener | None":
         recorder = None
     if recorder is None:
         return None
-    busy = None
     if cfg.mlflow.log_model:
-        from mnistlab.tracking.exporter import warm_up_export
+        from mnistlab.tracking.exporter import start_warming
 
-        busy = recorder.submit(warm_up_export)
-    return Opener(recorder, cfg, busy)
+        recorder.submit(start_warming)
+    return Opener(recorder, cfg, warms_up=bool(cfg.mlflow.log_model))
 
 
 @dataclass
 class Opener:
-    """Opens a run's store in the recorder process (`connect`'s result: client, experiment id);
-    `busy`: the future of the recorder's warm-up, done when it has a core to spare no more
-    (the run trains on one thread fewer until then)."""
+    """Opens a run's store in the recorder process (`connect`'s result: client, experiment id).
+    `warms_up`: the recorder warms the model export up meanwhile, through the run's first
+    epoch, which then trains on one CPU thread fewer (`device.Threads`)."""
 
     recorder: Recorder
     cfg: DictConfig
-    busy: Future | None = None
+    warms_up: bool = False
 
     def __call__(self) -> tuple[Any, str]:
         return open_remote(self.recorder, self.cfg)
@@ -334,8 +333,7 @@ def wind_down(threads: list[threading.Thread]) -> None:
     exporter.drop_export(None)
     deadline = time.monotonic() + GRACE_S
     for thread in threads:
-        if thread is not exporter.Export.warming:  # nothing to finish for nobody
-            thread.join(max(0.0, deadline - time.monotonic()))
+        thread.join(max(0.0, deadline - time.monotonic()))
     exporter.drop_handed()
 
 
