@@ -50,7 +50,7 @@ def test_epoch_1_spares_a_core_for_the_recorder_unless_threads_are_set_or_compil
     before = torch.get_num_threads()
     try:
         base = ["data=synthetic", "data.train_size=256", "data.val_size=64", "device=cpu"]
-        spared = build_parts(compose([*base, "device.threads=3"]), threads=None, spare=True)
+        spared = build_parts(compose([*base, "device.threads=3"]), spare=True)
         assert spared.threads.count(1) == 3  # set by hand: kept
         spared = build_parts(compose([*base, "device.compile=default"]), spare=True)
         assert spared.threads.count(1) == spared.threads.full  # inductor fixes its count
@@ -61,9 +61,9 @@ def test_epoch_1_spares_a_core_for_the_recorder_unless_threads_are_set_or_compil
         assert torch.get_num_threads() == 1
         parts.threads.set_for(2)
         assert torch.get_num_threads() == 2
+        assert build_parts(compose(base)).threads.count(1) == 2  # no recorder: all of them
         torch.set_num_threads(1)  # one thread: nothing to spare
         assert build_parts(compose(base), spare=True).threads.count(1) == 1
-        assert build_parts(compose(base)).threads.count(1) == 1
     finally:
         torch.set_num_threads(before)
 

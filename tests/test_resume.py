@@ -16,6 +16,7 @@ import torch
 from conftest import cli_env, history, only_run, run_cli
 
 RUN = ["data=synthetic", "data.train_size=30000", "epochs=3", "device=cpu", "train.log_every=50"]
+LOGS = "outputs/*/*/train.log"
 EPOCH_METRICS = ["train/loss", "train/acc", "val/loss", "val/acc", "test/loss", "test/acc"]
 
 
@@ -119,6 +120,41 @@ def test_stopped_mid_epoch_then_resumed_equals_an_uninterrupted_run(tmp_path, st
     weights_b = torch.load(run_dir / "model.pth")
     assert weights_a.keys() == weights_b.keys()
     assert all(torch.equal(weights_a[k], weights_b[k]) for k in weights_a)
+
+
+def test_a_run_stopped_in_epoch_1_resumes_on_the_threads_it_began_with(tmp_path):
+    # epoch 1 of a run that logs no MLflow model trains on all the threads; resumed by a command
+    # that would log one (and so spare a core in epoch 1), it still does: it ends bit for bit
+    # where the run that was never stopped ends
+    run = ["data=synthetic", "data.train_size=30000", "epochs=1", "device=cpu",
+           "train.log_every=20", "mlflow.log_model=false"]  # fmt: skip
+    (tmp_path / "straight").mkdir()
+    straight = run_cli(run, cwd=tmp_path / "straight")
+    assert straight.returncode == 0, straight.stderr[-2000:]
+    stopped = tmp_path / "stopped"
+    stopped.mkdir()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "train", *run], cwd=stopped, env=cli_env(),
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 180
+        while "Step [    20 /" not in "".join(p.read_text() for p in stopped.glob(LOGS)):
+            assert proc.poll() is None and time.monotonic() < deadline, "no step was logged"
+            time.sleep(0.02)
+        proc.send_signal(signal.SIGINT)
+        _, stderr = proc.communicate(timeout=60)
+    finally:
+        proc.kill()
+    assert "checkpoint at epoch 1 step" in stderr, stderr[-2000:]
+    (run_dir,) = (stopped / "outputs").glob("*/*")
+    resumed = run_cli([f"resume={run_dir}"], cwd=stopped)
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    (straight_dir,) = (tmp_path / "straight" / "outputs").glob("*/*")
+    weights_a = torch.load(straight_dir / "model.pth")
+    weights_b = torch.load(run_dir / "model.pth")
+    assert all(torch.equal(weights_a[k], weights_b[k]) for k in weights_a)
+    assert "Epoch 1 trains on" not in resumed.stdout + resumed.stderr
 
 
 def test_resuming_a_folder_that_a_live_run_is_using_is_refused(tmp_path):

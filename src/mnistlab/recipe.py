@@ -109,6 +109,8 @@ def build(cfg: DictConfig, start: Start, spare: bool) -> tuple[Parts, TrainState
     if start.checkpoint:  # a checkpoint that does not fit fails here, before the store
         checkpoint.restore(start.checkpoint, parts)
         state = start.checkpoint["state"]
+        if parts.threads is not None:  # epoch 1 on the threads it began with: the same numbers
+            parts.threads.spare = bool(start.checkpoint.get("spare_epoch_1", False))
     log.info(
         f"{type(parts.model).__name__} on {parts.device}: {len(parts.data.train)} train, "
         f"{len(parts.data.val)} val, {len(parts.data.test)} test samples"
@@ -171,7 +173,7 @@ def open_tracker(cfg: DictConfig, claim: Any, opener: Any, parts: Parts, start: 
         return
     tags = {
         "device": str(parts.device),
-        "torch.threads": str(torch.get_num_threads()),
+        "torch.threads": str(parts.threads.full if parts.threads else torch.get_num_threads()),
         "distributed.world_size": str(distributed.world_size()),
     }
     if parts.threads and parts.threads.count(1) != parts.threads.full:
@@ -274,7 +276,8 @@ def save_checkpoints(cfg, parts: Parts, state: TrainState, tracker, output_dir: 
         return
     last, best = output_dir / "last.pth", output_dir / "best.pth"
     config = OmegaConf.to_container(cfg, resolve=True, enum_to_str=True)
-    about = {"run_id": tracker.run_id, "config": config, "data": parts.data.info()}
+    about = {"run_id": tracker.run_id, "config": config, "data": parts.data.info(),
+             "spare_epoch_1": bool(parts.threads and parts.threads.spare)}  # fmt: skip
     checkpoint.save_checkpoint(last, parts, state, **about)
     if improved:
         shutil.copyfile(last, output_dir / ".best.pth.tmp")

@@ -223,14 +223,11 @@ def store_opener(cfg: DictConfig) -> "Opener | None":
     started early, which now warms up the model export if the run logs one. None without a
     recorder: `connect` it is."""
     recorder = _early.pop() if _early else None
-    if recorder is not None and (in_multirun() or recorder.broken):
-        if recorder.process is not None and recorder.broken:
-            log.warning(f"MLflow recorder process lost ({recorder.gone}): the run opens the "
-                        "store itself")  # fmt: skip
+    if recorder is not None and in_multirun():
         recorder.close()
         recorder = None
     if recorder is None:
-        return None
+        return None  # one that died already is `open_remote`'s to replace: epoch 1 spares alike
     if cfg.mlflow.log_model:
         from mnistlab.tracking.exporter import start_warming
 
