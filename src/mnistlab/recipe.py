@@ -104,13 +104,13 @@ def build(cfg: DictConfig, start: Start, spare: bool) -> tuple[Parts, TrainState
     resumed run's come back as its checkpoint left them."""
     save_hydra_files(cfg, start.output_dir)
     seed_everything(cfg.seed)
+    if start.checkpoint:  # epoch 1 on the threads it began with: the same numbers
+        spare = bool(start.checkpoint.get("spare_epoch_1", False))
     parts = build_parts(cfg, threads=tracking.threads_per_job(), spare=spare)
     state = TrainState()
     if start.checkpoint:  # a checkpoint that does not fit fails here, before the store
         checkpoint.restore(start.checkpoint, parts)
         state = start.checkpoint["state"]
-        if parts.threads is not None:  # epoch 1 on the threads it began with: the same numbers
-            parts.threads.spare = bool(start.checkpoint.get("spare_epoch_1", False))
     log.info(
         f"{type(parts.model).__name__} on {parts.device}: {len(parts.data.train)} train, "
         f"{len(parts.data.val)} val, {len(parts.data.test)} test samples"

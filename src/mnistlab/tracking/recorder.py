@@ -223,11 +223,12 @@ def store_opener(cfg: DictConfig) -> "Opener | None":
     started early, which now warms up the model export if the run logs one. None without a
     recorder: `connect` it is."""
     recorder = _early.pop() if _early else None
-    if recorder is not None and in_multirun():
-        recorder.close()
-        recorder = None
     if recorder is None:
-        return None  # one that died already is `open_remote`'s to replace: epoch 1 spares alike
+        return None
+    if in_multirun():
+        recorder.close()
+        return None
+    # one that died already is `open_remote`'s to replace: epoch 1 spares a core alike
     if cfg.mlflow.log_model:
         from mnistlab.tracking.exporter import start_warming
 
