@@ -9,7 +9,11 @@ Side by side, in one run, medians (and bests) of `--repeats`:
   first training step, training, and last epoch's metrics to exit;
 - a sweep of `--sweep-jobs` one-epoch jobs (`hydra/launcher=joblib hydra.launcher.n_jobs=2`)
   against the tutorial script run that many times in a row (0 skips it);
-- the fast paths that import no torch: `python -m train --cfg job` and `--help`.
+- the fast paths that import no torch: `python -m train --cfg job` and `--help`;
+- the floor under all of these, `bench/floor.py`: a process that only imports torch, reads the
+  cached data and trains and evaluates, with no config, checks or records (for the sweep: two
+  such processes side by side, 1 thread each, as joblib's 2 warm workers, each training its
+  half of the jobs in turn). A goal below the floor cannot be met by any record-keeping.
 
 Each command runs in a fresh temp directory, so MLflow creates a new store, as for a new user.
 """
@@ -54,6 +58,25 @@ def mnistlab(args: list[str]) -> float:
     return end - start
 
 
+def floor(epochs: int, jobs: int = 1, workers: int = 1) -> tuple[float, float]:
+    """(wall seconds, seconds to the first step) of `bench/floor.py`: `workers` processes side
+    by side (1 thread each if more than one), sharing `jobs` one-after-another jobs."""
+    start = time.time()
+    threads = ["--threads", "1"] if workers > 1 else []
+    env = {**os.environ, "FLOOR_START": repr(start), "MNISTLAB_DATA": ROOT}
+    procs = [subprocess.Popen([sys.executable, str(HERE / "floor.py"), "--epochs", str(epochs),
+                               "--jobs", str(len(range(w, jobs, workers))), *threads],
+                              env=env, stdout=subprocess.PIPE, text=True)
+             for w in range(workers)]  # fmt: skip
+    outs = [proc.communicate()[0] for proc in procs]
+    end = time.time()
+    if any(proc.returncode for proc in procs):
+        sys.exit(f"bench/floor.py failed:\n{outs}")
+    firsts = [float(line.split()[-1]) for out in outs for line in out.splitlines()
+              if line.startswith("first step ")]  # fmt: skip
+    return end - start, min(firsts)
+
+
 def phases(epochs: int) -> dict[str, float]:
     """Where a run's time goes: launch to first step, training, last epoch's metrics to exit."""
     with tempfile.TemporaryDirectory() as cwd:
@@ -92,13 +115,18 @@ def main() -> None:
         "tutorial": [],
         "mnistlab": [],
         "mnistlab, no MLflow model": [],
+        "floor (bench/floor.py)": [],
     }
     split: dict[str, list[float]] = {}
+    floor_first: list[float] = []
     for _ in range(args.repeats):
         walls["tutorial"].append(tutorial(args.epochs))
         walls["mnistlab"].append(mnistlab([f"epochs={args.epochs}"]))
         no_model = [f"epochs={args.epochs}", "mlflow.log_model=false"]  # what the export costs
         walls["mnistlab, no MLflow model"].append(mnistlab(no_model))
+        wall, first = floor(args.epochs)
+        walls["floor (bench/floor.py)"].append(wall)
+        floor_first.append(first)
         for phase, seconds in phases(args.epochs).items():
             split.setdefault(phase, []).append(seconds)
     sweep = {}
@@ -106,6 +134,7 @@ def main() -> None:
         seeds = ",".join(str(s) for s in range(args.sweep_jobs))
         sweep["mnistlab"] = mnistlab(["-m", "epochs=1", f"seed={seeds}", "hydra/launcher=joblib",
                                       "hydra.launcher.n_jobs=2"])  # fmt: skip
+        sweep["floor"] = floor(1, args.sweep_jobs, workers=2)[0]
         sweep["tutorial"] = sum(tutorial(1) for _ in range(args.sweep_jobs))
     cfg_job = min(mnistlab(["--cfg", "job"]) for _ in range(3))
     help_ = min(mnistlab(["--help"]) for _ in range(3))
@@ -116,14 +145,20 @@ def main() -> None:
     best = min(walls["mnistlab"]) / min(walls["tutorial"])
     med = statistics.median(walls["mnistlab"]) / statistics.median(walls["tutorial"])
     print(f"mnistlab / tutorial wall: best {best:.2f}x, median {med:.2f}x")
+    floor_ratio = statistics.median(walls["floor (bench/floor.py)"]) / statistics.median(
+        walls["tutorial"]
+    )
+    print(f"floor / tutorial wall: median {floor_ratio:.2f}x")
     print("mnistlab's run, from its train.log (train.log_every=1)")
     for phase, times in split.items():
         print(row(f"  {phase}", times))
+    print(row("  floor: to first step", floor_first))
     if sweep:
         ratio = sweep["mnistlab"] / sweep["tutorial"]
         print(f"sweep of {args.sweep_jobs} one-epoch jobs (joblib, 2 workers): "
               f"mnistlab {sweep['mnistlab']:.1f} s, tutorial x{args.sweep_jobs} in a row "
-              f"{sweep['tutorial']:.1f} s: {ratio:.2f}x")  # fmt: skip
+              f"{sweep['tutorial']:.1f} s: {ratio:.2f}x; floor (2 processes) "
+              f"{sweep['floor']:.1f} s: {sweep['floor'] / sweep['tutorial']:.2f}x")  # fmt: skip
     print(f"python -m train --cfg job: {cfg_job:.2f} s; --help: {help_:.2f} s (target < 1.5 s)")
 
 

@@ -36,7 +36,29 @@ def test_bench_wall_times_both_programs_as_whole_processes():
     assert any(line.startswith("mnistlab, no MLflow model ") for line in lines)
     assert any(line.startswith("mnistlab / tutorial wall: best ") for line in lines)
     phases = {line[:34].strip(): float(line.split()[-2]) for line in lines if line.startswith("  ")}
-    assert phases.keys() == {"to first step", "training", "last epoch to exit"}
+    assert phases.keys() == {
+        "to first step", "training", "last epoch to exit", "floor: to first step"
+    }  # fmt: skip
     assert all(seconds > 0 for seconds in phases.values())
-    assert any(line.startswith("sweep of 2 one-epoch jobs (joblib, 2 workers): ") for line in lines)
+    (floor,) = [line.split()[2:] for line in lines if line.startswith("floor (bench/floor.py) ")]
+    assert float(floor[0]) > 0 and float(floor[2]) > 0  # best s, median s
+    assert any(line.startswith("floor / tutorial wall: median ") for line in lines)
+    sweep = next(line for line in lines if line.startswith("sweep of 2 one-epoch jobs (joblib"))
+    assert "; floor (2 processes) " in sweep
     assert any(line.startswith("python -m train --cfg job: ") for line in lines)
+
+
+def test_bench_floor_trains_and_evaluates_each_job_in_one_process():
+    result = subprocess.run(
+        [sys.executable, "bench/floor.py", "--jobs", "2", "--threads", "1"], cwd=REPO, env=ENV,
+        capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    lines = result.stdout.splitlines()
+    (first,) = [float(line.split()[-1]) for line in lines if line.startswith("first step ")]
+    assert 0 < first < 60
+    jobs = [line for line in lines if line.startswith("job ")]
+    assert [line.split(":")[0] for line in jobs] == ["job 0", "job 1"]
+    for line in jobs:  # one epoch of the tutorial recipe on the real data
+        val, test = (float(part.split()[-1]) for part in line.split(":", 1)[1].split(","))
+        assert val > 0.9 and test > 0.9
