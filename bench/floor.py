@@ -4,12 +4,12 @@
 
 Imports torch, reads MNIST's uint8 tensors from mnistlab's data cache (as a run on a warm cache
 does), and trains the MLP 784-512-512-10 with fused Adam (lr 1e-3, batch 64) for `--epochs` per
-job on 55,000 of its 60,000 training images, as a run does, evaluating each epoch on the other
-5,000 and the last on the test set: no config, no checks, no checkpoint, no record, no
-plots. Prints `first step S` (seconds from FLOOR_START, the launcher's clock, if set, else
-from this script's first line) and `job K: val acc V, test acc A`. `--jobs N` trains N fresh
-models in this one process, as a warm sweep worker would; `--threads N` sets torch's thread
-count (0: torch's default).
+job on 55,000 of its 60,000 training images, normalised as a run's, evaluating each epoch on the
+other 5,000 (the last ones; a run's are drawn by its seed) and on the test set: no config, no
+checks, no checkpoint, no record, no plots. Prints `first step S` (seconds from FLOOR_START,
+the launcher's clock, if set, else from this script's first line) and `job K: val acc V, test
+acc A`. `--jobs N` trains N fresh models in this one process, as a warm sweep worker would;
+`--threads N` sets torch's thread count (0: torch's default).
 """
 
 import time
@@ -30,6 +30,7 @@ from mnistlab.data import read_cached  # noqa: E402
 HERE = Path(__file__).resolve().parent
 ROOT = Path(os.environ.get("MNISTLAB_DATA", HERE.parents[1] / "shared" / "data")).resolve()
 CACHE = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "mnistlab"
+MEAN, STD = 0.1307, 0.3081  # conf/data/mnist.yaml's
 
 
 def job(k: int, epochs: int, data: dict, start: float) -> None:
@@ -44,20 +45,26 @@ def job(k: int, epochs: int, data: dict, start: float) -> None:
         order = torch.randperm(len(labels))
         for begin in range(0, len(labels), 64):
             idx = order[begin : begin + 64]
-            loss = F.cross_entropy(model(images[idx].float() / 255), labels[idx])
+            loss = F.cross_entropy(model(normalised(images[idx])), labels[idx])
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
             if k == epoch == begin == 0:
                 print(f"first step {time.time() - start:.3f}", flush=True)
         val_acc = accuracy(model, *held_out)
-    test_acc = accuracy(model, data["test_images"], data["test_labels"])
+        test_acc = accuracy(model, data["test_images"], data["test_labels"])
     print(f"job {k}: val acc {val_acc:.4f}, test acc {test_acc:.4f}", flush=True)
+
+
+def normalised(images: torch.Tensor) -> torch.Tensor:
+    """uint8 images as the network's float inputs, as mnistlab's data path makes them."""
+    return (images.float() / 255 - MEAN) / STD
 
 
 @torch.no_grad()
 def accuracy(model: nn.Module, images: torch.Tensor, labels: torch.Tensor) -> float:
-    return (model(images.float() / 255).argmax(1) == labels).float().mean().item()
+    """The share of `images` the model classifies right."""
+    return (model(normalised(images)).argmax(1) == labels).float().mean().item()
 
 
 def main() -> None:

@@ -12,8 +12,9 @@ Side by side, in one run, medians (and bests) of `--repeats`:
 - the fast paths that import no torch: `python -m train --cfg job` and `--help`;
 - the floor under all of these, `bench/floor.py`: a process that only imports torch, reads the
   cached data and trains and evaluates, with no config, checks or records (for the sweep: two
-  such processes side by side, 1 thread each, as joblib's 2 warm workers, each training its
-  half of the jobs in turn). A goal below the floor cannot be met by any record-keeping.
+  such processes side by side, with half the cores each, as joblib's 2 warm workers, each
+  training its half of the jobs in turn). A goal below the floor cannot be met by any
+  record-keeping.
 
 Each command runs in a fresh temp directory, so MLflow creates a new store, as for a new user.
 """
@@ -60,19 +61,22 @@ def mnistlab(args: list[str]) -> float:
 
 def floor(epochs: int, jobs: int = 1, workers: int = 1) -> tuple[float, float]:
     """(wall seconds, seconds to the first step) of `bench/floor.py`: `workers` processes side
-    by side (1 thread each if more than one), sharing `jobs` one-after-another jobs."""
+    by side, sharing `jobs` one-after-another jobs, each with its share of the cores (as
+    joblib's workers get)."""
     start = time.time()
-    threads = ["--threads", "1"] if workers > 1 else []
+    threads = ["--threads", str(max(1, (os.cpu_count() or 1) // workers))] if workers > 1 else []
     env = {**os.environ, "FLOOR_START": repr(start), "MNISTLAB_DATA": ROOT}
+    shares = [n for n in (len(range(w, jobs, workers)) for w in range(workers)) if n]
     procs = [subprocess.Popen([sys.executable, str(HERE / "floor.py"), "--epochs", str(epochs),
-                               "--jobs", str(len(range(w, jobs, workers))), *threads],
-                              env=env, stdout=subprocess.PIPE, text=True)
-             for w in range(workers)]  # fmt: skip
-    outs = [proc.communicate()[0] for proc in procs]
+                               "--jobs", str(n), *threads],
+                              env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+             for n in shares]  # fmt: skip
+    outs = [proc.communicate() for proc in procs]
     end = time.time()
-    if any(proc.returncode for proc in procs):
-        sys.exit(f"bench/floor.py failed:\n{outs}")
-    firsts = [float(line.split()[-1]) for out in outs for line in out.splitlines()
+    for proc, (_, err) in zip(procs, outs, strict=True):
+        if proc.returncode != 0:
+            sys.exit(f"bench/floor.py failed:\n{err[-3000:]}")
+    firsts = [float(line.split()[-1]) for out, _ in outs for line in out.splitlines()
               if line.startswith("first step ")]  # fmt: skip
     return end - start, min(firsts)
 
@@ -146,8 +150,7 @@ def main() -> None:
     med = statistics.median(walls["mnistlab"]) / statistics.median(walls["tutorial"])
     print(f"mnistlab / tutorial wall: best {best:.2f}x, median {med:.2f}x")
     floor_ratio = statistics.median(walls["floor (bench/floor.py)"]) / statistics.median(
-        walls["tutorial"]
-    )
+        walls["tutorial"])  # fmt: skip
     print(f"floor / tutorial wall: median {floor_ratio:.2f}x")
     print("mnistlab's run, from its train.log (train.log_every=1)")
     for phase, times in split.items():
