@@ -34,7 +34,8 @@ MEAN, STD = 0.1307, 0.3081  # conf/data/mnist.yaml's
 
 
 def job(k: int, epochs: int, data: dict, start: float) -> None:
-    """One fresh model, `epochs` epochs, one test pass; prints the first step's time on job 0."""
+    """One fresh model trained for `epochs` epochs, each evaluated on val and test; prints the
+    first step's time on job 0 and the last epoch's accuracies."""
     torch.manual_seed(k)
     images, labels = data["train_images"][:55000], data["train_labels"][:55000]
     held_out = data["train_images"][55000:], data["train_labels"][55000:]
@@ -68,6 +69,7 @@ def accuracy(model: nn.Module, images: torch.Tensor, labels: torch.Tensor) -> fl
 
 
 def main() -> None:
+    """Read the data once, then train the jobs one after another."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--epochs", type=int, default=1, help="epochs per job")
     parser.add_argument("--jobs", type=int, default=1, help="fresh models trained in turn")
