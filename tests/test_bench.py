@@ -11,9 +11,9 @@ ENV = {"MNISTLAB_DATA": os.path.relpath(DATA_ROOT, REPO), "PATH": os.environ["PA
 
 
 def bench(script: str, *args: str) -> list[str]:
-    """Run `python bench/SCRIPT --repeats 1 ARGS` from the repository root; its output lines."""
+    """Run `python bench/SCRIPT ARGS` from the repository root; its output lines."""
     result = subprocess.run(
-        [sys.executable, f"bench/{script}", "--repeats", "1", *args], cwd=REPO, env=ENV,
+        [sys.executable, f"bench/{script}", *args], cwd=REPO, env=ENV,
         capture_output=True, text=True, timeout=600,
     )  # fmt: skip
     assert result.returncode == 0, result.stderr[-3000:]
@@ -21,7 +21,7 @@ def bench(script: str, *args: str) -> list[str]:
 
 
 def test_bench_epoch_times_the_three_ways_and_prints_the_ratios():
-    lines = bench("epoch.py")
+    lines = bench("epoch.py", "--repeats", "1")
     rows = {line.split()[0]: line.split()[1:] for line in lines if len(line.split()) == 3}
     assert {"tutorial", "mnistlab", "floor"} <= rows.keys()
     assert all(float(rows[name][0]) > 0 for name in ("tutorial", "mnistlab", "floor"))
@@ -30,7 +30,7 @@ def test_bench_epoch_times_the_three_ways_and_prints_the_ratios():
 
 
 def test_bench_wall_times_both_programs_as_whole_processes():
-    lines = bench("wall.py", "--sweep-jobs", "2")
+    lines = bench("wall.py", "--repeats", "1", "--sweep-jobs", "2")
     rows = {line.split()[0]: line.split()[1:] for line in lines if len(line.split()) == 5}
     assert float(rows["tutorial"][0]) > 0 and float(rows["mnistlab"][0]) > 0
     assert any(line.startswith("mnistlab, no MLflow model ") for line in lines)
@@ -49,12 +49,7 @@ def test_bench_wall_times_both_programs_as_whole_processes():
 
 
 def test_bench_floor_trains_and_evaluates_each_job_in_one_process():
-    result = subprocess.run(
-        [sys.executable, "bench/floor.py", "--jobs", "2", "--threads", "1"], cwd=REPO, env=ENV,
-        capture_output=True, text=True, timeout=600,
-    )  # fmt: skip
-    assert result.returncode == 0, result.stderr[-3000:]
-    lines = result.stdout.splitlines()
+    lines = bench("floor.py", "--jobs", "2", "--threads", "1")
     (first,) = [float(line.split()[-1]) for line in lines if line.startswith("first step ")]
     assert 0 < first < 60
     jobs = [line for line in lines if line.startswith("job ")]
