@@ -5,6 +5,7 @@ class count to the model, the model's parameters to the optimizer.
 """
 
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -61,10 +62,15 @@ def build_part(node: DictConfig, key: str, **runtime):
         raise
 
 
-def build_parts(cfg: DictConfig, threads: int | None = None, spare: bool = False) -> Parts:
+def build_parts(
+    cfg: DictConfig, threads: int | None = None, spare: bool = False,
+    data_built: Callable[[], None] | None = None,
+) -> Parts:  # fmt: skip
     """The data on this process's device, and the model and optimizer for it. `spare`: a
     helper process works through epoch 1, which then trains on one CPU thread fewer (unless
-    device.threads is set, or the model compiled: inductor fixes its count as it compiles)."""
+    device.threads is set, or the model compiled: inductor fixes its count as it compiles).
+    `data_built` is called once the data is there, before the model and optimizer are built
+    (the first optimizer imports torch._dynamo: a second or two)."""
     device = distributed.setup(resolve_device(cfg.device.type))  # under torchrun: this rank's
     threads = cfg.device.threads or threads or distributed.cpu_threads()  # share the cores
     if threads and device.type == "cpu":
@@ -74,6 +80,8 @@ def build_parts(cfg: DictConfig, threads: int | None = None, spare: bool = False
     data = build_part(cfg.data, "data", seed=cfg.seed).to(device)
     if cfg.train.overfit_batches:  # a few fixed batches, to check the model can learn at all
         data = data.train_subset(cfg.train.overfit_batches * cfg.batch_size)
+    if data_built is not None:
+        data_built()
     model = build_part(cfg.model, "model", in_shape=data.in_shape, num_classes=data.num_classes)
     model = model.to(device)
     optimizer = build_part(cfg.optimizer, "optimizer", params=model.parameters())

@@ -80,7 +80,7 @@ def run(cfg: DictConfig, output_dir: str | Path | None = None) -> float:
     claim = tracking.Claim(output_dir, key, then) if rank0 else None  # rank 0 records the run
     with claim or contextlib.nullcontext():
         opener = tracking.store_opener(cfg) if claim else None  # the recorder, if started
-        parts, state = build(cfg, start, spare=bool(opener and opener.warms_up))
+        parts, state = build(cfg, start, opener)
         with (
             open_tracker(cfg, claim, opener, parts, start) as tracker,
             StopRequest().installed() as stop,
@@ -99,14 +99,16 @@ def run(cfg: DictConfig, output_dir: str | Path | None = None) -> float:
     return state.best_val_acc
 
 
-def build(cfg: DictConfig, start: Start, spare: bool) -> tuple[Parts, TrainState]:
-    """Seed, then build the parts (`spare`: a core for the recorder process in epoch 1); a
-    resumed run's come back as its checkpoint left them."""
+def build(cfg: DictConfig, start: Start, opener: Any) -> tuple[Parts, TrainState]:
+    """Seed, then build the parts, the recorder process (`opener`, if any) opening the store
+    meanwhile and warming up (a core spared for it in epoch 1); a resumed run's parts come back
+    as its checkpoint left them."""
     save_hydra_files(cfg, start.output_dir)
     seed_everything(cfg.seed)
+    spare = bool(opener and opener.warms_up)
     if start.checkpoint:  # epoch 1 on the threads it began with: the same numbers
         spare = bool(start.checkpoint.get("spare_epoch_1", False))
-    parts = build_parts(cfg, threads=tracking.threads_per_job(), spare=spare)
+    parts = build_parts(cfg, tracking.threads_per_job(), spare, opener and opener.start)
     state = TrainState()
     if start.checkpoint:  # a checkpoint that does not fit fails here, before the store
         checkpoint.restore(start.checkpoint, parts)

@@ -64,7 +64,8 @@ def run_params(cfg: DictConfig) -> dict[str, str]:
     container.pop("resume", None)  # where a run was resumed from is not a hyperparameter
     container.pop("repeats", None)  # nor how many seeds a sweep ran: each run has its seed
     container["mlflow"].pop("tracking_uri", None)  # nor is the store, and its URI may hold secrets
-    params = {k: v for k, v in flatten(container).items() if k not in aliases(cfg)}
+    repeated = aliases(cfg)
+    params = {k: v for k, v in flatten(container).items() if k not in repeated}
     return {**params, **hydra_context()["choices"]}
 
 
