@@ -204,6 +204,10 @@ def test_cli_prints_the_composed_config_without_training(tmp_path: Path):
             ["data.root=/nonexistent", "data.download=false"],
             "Error: data.root=/nonexistent: no MNIST in /nonexistent/MNIST/raw",
         ),
+        (  # found as the model is built: the store is only opened after that
+            ["data=synthetic", "model=cnn", "model.channels=[8,8,8,8,8]"],
+            "Error: model.channels=[8,8,8,8,8]: 5 pooling blocks halve a 28x28 input",
+        ),
     ],
 )
 def test_cli_setup_errors_are_one_line_with_exit_2_and_no_run(tmp_path: Path, args, message):

@@ -64,13 +64,13 @@ def build_part(node: DictConfig, key: str, **runtime):
 
 def build_parts(
     cfg: DictConfig, threads: int | None = None, spare: bool = False,
-    data_built: Callable[[], None] | None = None,
+    model_built: Callable[[], None] | None = None,
 ) -> Parts:  # fmt: skip
     """The data on this process's device, and the model and optimizer for it. `spare`: a
     helper process works through epoch 1, which then trains on one CPU thread fewer (unless
     device.threads is set, or the model compiled: inductor fixes its count as it compiles).
-    `data_built` is called once the data is there, before the model and optimizer are built
-    (the first optimizer imports torch._dynamo: a second or two)."""
+    `model_built` is called once the data and the model are there, before the optimizer is
+    built (the first one imports torch._dynamo: a second or two)."""
     device = distributed.setup(resolve_device(cfg.device.type))  # under torchrun: this rank's
     threads = cfg.device.threads or threads or distributed.cpu_threads()  # share the cores
     if threads and device.type == "cpu":
@@ -80,10 +80,10 @@ def build_parts(
     data = build_part(cfg.data, "data", seed=cfg.seed).to(device)
     if cfg.train.overfit_batches:  # a few fixed batches, to check the model can learn at all
         data = data.train_subset(cfg.train.overfit_batches * cfg.batch_size)
-    if data_built is not None:
-        data_built()
     model = build_part(cfg.model, "model", in_shape=data.in_shape, num_classes=data.num_classes)
     model = model.to(device)
+    if model_built is not None:
+        model_built()
     optimizer = build_part(cfg.optimizer, "optimizer", params=model.parameters())
     schedule = build_part(
         cfg.scheduler, "scheduler", optimizer=optimizer, epochs=cfg.epochs,

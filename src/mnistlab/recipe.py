@@ -100,15 +100,18 @@ def run(cfg: DictConfig, output_dir: str | Path | None = None) -> float:
 
 
 def build(cfg: DictConfig, start: Start, opener: Any) -> tuple[Parts, TrainState]:
-    """Seed, then build the parts, the recorder process (`opener`, if any) opening the store
-    meanwhile and warming up (a core spared for it in epoch 1); a resumed run's parts come back
-    as its checkpoint left them."""
+    """Seed, then build the parts; the recorder process (`opener`, if any) warms up meanwhile
+    (a core spared for it in epoch 1) and, for a new run, opens the store once the model is
+    built. A resumed run's parts come back as its checkpoint left them."""
     save_hydra_files(cfg, start.output_dir)
     seed_everything(cfg.seed)
     spare = bool(opener and opener.warms_up)
     if start.checkpoint:  # epoch 1 on the threads it began with: the same numbers
         spare = bool(start.checkpoint.get("spare_epoch_1", False))
-    parts = build_parts(cfg, tracking.threads_per_job(), spare, opener and opener.start)
+    # a resumed run's store waits until its checkpoint is found to fit
+    early = opener.start if opener and not start.checkpoint else None
+    threads = tracking.threads_per_job()
+    parts = build_parts(cfg, threads=threads, spare=spare, model_built=early)
     state = TrainState()
     if start.checkpoint:  # a checkpoint that does not fit fails here, before the store
         checkpoint.restore(start.checkpoint, parts)

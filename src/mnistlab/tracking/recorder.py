@@ -3,7 +3,7 @@
 Importing MLflow and opening its store take 2-3 s of pure Python. In the training process
 they would hold the run up (a thread would compete with training for the GIL). So `python -m
 train` starts this process first thing (`start_recorder_early`): it imports MLflow while torch
-loads in the training process, and opens the store while the run builds its model
+loads in the training process, and opens the store while the run builds its optimizer
 (`store_opener`). The run then reaches the store through `RemoteClient`: each call is
 a request on the recorder's stdin, answered on its stdout, so the run's journal, sender,
 watchdog and statuses work as with a client of its own. With a model to log, the recorder also
@@ -33,7 +33,7 @@ import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import Future
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from multiprocessing.connection import Connection
 from typing import Any
 
@@ -220,7 +220,7 @@ def start_recorder_early() -> None:
 
 
 def store_opener(cfg: DictConfig) -> "Opener | None":
-    """What opens the run's store while its model is built: the recorder process, if one was
+    """What opens the run's store while its optimizer is built: the recorder process, if one was
     started early, which now warms up the model export if the run logs one. None without a
     recorder: `connect` it is."""
     recorder = _early.pop() if _early else None
@@ -240,15 +240,16 @@ def store_opener(cfg: DictConfig) -> "Opener | None":
 @dataclass
 class Opener:
     """Opens a run's store in the recorder process (`connect`'s result: client, experiment id).
-    `start` asks for it while the run builds its model (its data found: a run that stops at a
-    missing dataset writes no store); calling it waits for the answer. `warms_up`: the
+    `start` asks for it while the run builds its optimizer (its data found and its model built:
+    a run stopped by a missing dataset, or a model that does not fit it, writes no store);
+    calling it waits for the answer. `warms_up`: the
     recorder warms the model export up meanwhile, through the run's first epoch, which then
     trains on one CPU thread fewer (`device.Threads`)."""
 
     recorder: Recorder
     cfg: DictConfig
     warms_up: bool = False
-    opening: Future | None = None  # the experiment id, once the recorder opened the store
+    opening: Future | None = field(default=None, init=False)  # its experiment id, once open
 
     def start(self) -> None:
         """Have the recorder open the store now (with this process's environment, which
