@@ -15,7 +15,13 @@ import hydra
 from omegaconf import DictConfig
 
 from mnistlab import tracking
-from mnistlab.cli import check_command_line, exit_on_error, jobs_checked, trains_one_run
+from mnistlab.cli import (
+    check_command_line,
+    exit_on_error,
+    jobs_checked,
+    sweeps_on_joblib,
+    trains_one_run,
+)
 from mnistlab.config import CONF_DIR, register, validate
 from mnistlab.errors import UserError
 
@@ -83,9 +89,12 @@ def run_and_exit() -> None:
         sys.argv[1:] = expand_repeats(sys.argv[1:])
         if rank == 0 and trains_one_run(sys.argv[1:]):  # MLflow loads there while torch does here
             tracking.start_recorder_early()
+        elif rank == 0 and sweeps_on_joblib(sys.argv[1:]):  # the workers' imports, likewise
+            tracking.start_fork_server()
         tracking.STATE.command = sys.argv[1:]  # what the sweep records, without the check's mark
         sys.argv[1:] = check_command_line(sys.argv[1:])
     except Exception as err:  # one line, exit 2, before any job or MLflow run exists
+        tracking.stop_fork_server()
         if os.environ.get("HYDRA_FULL_ERROR") != "1":
             exit_on_error(err)
         raise
@@ -100,6 +109,7 @@ def run_and_exit() -> None:
         code = 130
     finally:
         tracking.finish("FAILED")  # a parent still open here stopped before its summary
+        tracking.stop_fork_server()  # if a sweep's ended before it forked its workers
     atexit._run_exitfuncs()
     logging.shutdown()
     sys.stdout.flush()

@@ -56,7 +56,7 @@ def test_parallel_2x2_grid_with_joblib_is_one_parent_with_four_children(tmp_path
     assert result.returncode == 0, result.stderr[-3000:]
     output = result.stdout + result.stderr
     assert "leaked semaphore" not in output and "Traceback" not in output  # workers exit fast
-    # joblib's workers were started, and imported what a job needs, while the parent run opened
+    # joblib's workers were started, with what a job imports, while the parent run opened
     (ready,) = re.findall(r"joblib workers ([\d, ]+) ready", output)
     warmed = {int(pid) for pid in ready.split(", ")}
     assert len(warmed) == 2
@@ -65,6 +65,8 @@ def test_parallel_2x2_grid_with_joblib_is_one_parent_with_four_children(tmp_path
     for log in logs:
         (pid,) = re.findall(r"joblib worker (\d+) \(warmed up before", log.read_text())
         assert int(pid) in warmed  # Hydra's launcher ran its jobs in them
+        # forked by the fork server, which imported torch and MLflow once for both
+        assert "forked by the server that imported torch and MLflow" in log.read_text()
     client, parent, children = sweep_record(tmp_path)
     assert parent.info.status == "FINISHED" and parent.info.run_name == "grid"
     tags = parent.data.tags

@@ -157,12 +157,32 @@ def check_server_meanwhile(cfg: DictConfig) -> Callable[[], None]:
     return wait
 
 
-def trains_one_run(argv: list[str]) -> bool:
-    """Whether a command line may train one run: no sweep, no flag of Hydra's that answers
-    without training (--cfg, --help)."""
+def trains(argv: list[str]) -> bool:
+    """Whether a command line may train: no flag of Hydra's that answers without training
+    (--cfg, --help)."""
     config_flags = {"-cp", "--config-path", "-cn", "--config-name", "-cd", "--config-dir"}
     flags = {a.split("=", 1)[0] for a in argv if a.startswith("-") and not is_multirun([a])}
-    return not (flags - config_flags) and not is_multirun(argv)
+    return not (flags - config_flags)
+
+
+def trains_one_run(argv: list[str]) -> bool:
+    """Whether a command line may train one run: no sweep, no flag that answers without
+    training."""
+    return trains(argv) and not is_multirun(argv)
+
+
+def sweeps_on_joblib(argv: list[str]) -> bool:
+    """Whether a command line sweeps with joblib's launcher, named on it, in two or more
+    processes (`hydra.launcher.n_jobs`, else all the cores)."""
+    settings = dict(a.lstrip("+").split("=", 1) for a in argv if "=" in a)
+    if not (trains(argv) and is_multirun(argv)) or settings.get("hydra/launcher") != "joblib":
+        return False
+    from joblib import effective_n_jobs
+
+    try:
+        return effective_n_jobs(int(settings.get("hydra.launcher.n_jobs", -1))) >= 2
+    except ValueError:  # the config check names the bad value
+        return False
 
 
 def jobs_checked() -> bool:

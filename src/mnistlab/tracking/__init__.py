@@ -63,7 +63,7 @@ from mnistlab.tracking.trials import (
     study_storage,
     trial_reporter,
 )
-from mnistlab.tracking.workers import job_started
+from mnistlab.tracking.workers import job_started, start_fork_server, stop_fork_server
 
 
 class Tracker(Protocol):
@@ -146,7 +146,9 @@ __all__ = [
     "run_row",
     "run_status",
     "sqlite_path",
+    "start_fork_server",
     "start_recorder_early",
+    "stop_fork_server",
     "store_opener",
     "table_by_config",
     "threads_per_job",

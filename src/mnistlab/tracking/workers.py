@@ -1,13 +1,16 @@
 """joblib's workers in a sweep: Hydra's joblib launcher runs the jobs in loky's processes, kept
-for the whole sweep. They start while the parent run opens, and import what a job needs then;
-they exit without tearing the interpreter down; the sweep's command stops them at its end.
+for the whole sweep. They start while the parent run opens, forked from a server process that
+imported what a job needs once (`PRELOAD`), and warm the model export up; they exit without
+tearing the interpreter down; the sweep's command stops them at its end.
 """
 
 import atexit
 import contextlib
 import logging
 import multiprocessing
+import multiprocessing.forkserver
 import os
+import signal
 import sys
 import threading
 from typing import Any
@@ -18,6 +21,12 @@ from mnistlab.tracking.exporter import warm_up
 
 log = logging.getLogger(__name__)
 _warmed: list[int] = []  # in a worker: its pid, once it imported what a job needs
+_forked: list[bool] = []  # in a worker: whether it began with `PRELOAD` imported
+# what every job imports, imported once by the server that forks the workers: torch and the
+# compiler hooks its optimizers load, matplotlib, MLflow and its PyTorch flavor (a job logs its
+# model itself). Importing runs no torch op: the server starts no OpenMP threads to fork.
+PRELOAD = ("mnistlab.recipe", "torch._dynamo", "torch.export._trace", "mlflow.entities",
+           "mlflow.pytorch", "mlflow.store.tracking.sqlalchemy_store")  # fmt: skip
 
 
 def start_warming(config: DictConfig) -> threading.Thread | None:
@@ -38,6 +47,7 @@ def start_warming(config: DictConfig) -> threading.Thread | None:
     n = effective_n_jobs(settings.get("n_jobs") or 1)
     if n < 2:  # joblib runs a single job in this process: nothing to start
         return None
+    fork_from_server()
 
     def warm() -> None:
         with contextlib.suppress(Exception):  # the jobs import what a failed warm-up did not
@@ -49,12 +59,46 @@ def start_warming(config: DictConfig) -> threading.Thread | None:
     return thread
 
 
+def start_fork_server() -> None:
+    """Start the fork server now, first thing, for a sweep whose command line names joblib's
+    launcher: it imports `PRELOAD` while this process checks the configs and opens the parent
+    run, and the workers start from it once the sweep begins."""
+    fork_from_server()
+    with contextlib.suppress(Exception):  # else the first worker starts it
+        multiprocessing.forkserver.ensure_running()
+
+
+def stop_fork_server() -> None:
+    """Kill the fork server, if one was started: it holds nothing to save, and on its own it
+    outlives this process by the 2 s its interpreter takes to free torch and MLflow (holding
+    the command's output open meanwhile), or goes on importing for nobody after a mistake."""
+    server = getattr(multiprocessing.forkserver, "_forkserver", None)  # the stdlib's own
+    pid = getattr(server, "_forkserver_pid", None)  # set once it was started
+    if pid:
+        with contextlib.suppress(OSError):
+            os.kill(pid, signal.SIGKILL)
+
+
+def fork_from_server() -> None:
+    """Have loky start this sweep's workers (and the launcher's, the same executor) from
+    multiprocessing's fork server, which imports `PRELOAD` first: each worker then begins with
+    them instead of importing them itself, 2 workers on 2 cores beside the parent run's
+    opening. Where there is no fork server (Windows), loky's own start it is."""
+    if "forkserver" not in multiprocessing.get_all_start_methods():
+        return
+    from joblib.externals.loky.backend.context import set_start_method
+
+    multiprocessing.set_forkserver_preload(list(PRELOAD))
+    set_start_method("forkserver", force=True)
+
+
 def warm_worker() -> int:
-    """Import what every job imports: torch, the compiler hooks its optimizers load, matplotlib,
-    MLflow and its PyTorch flavor (a job logs its model itself); this worker's pid. A failure
-    here is left to the jobs, which import all this again (a task that raised would cost the
-    worker: joblib would replace them all)."""
+    """Import what every job imports (`PRELOAD`, already there in a worker forked from the
+    server), and warm the model export up; this worker's pid. A failure here is left to the
+    jobs, which import all this again (a task that raised would cost the worker: joblib would
+    replace them all)."""
     exit_fast()
+    _forked.append(all(name in sys.modules for name in PRELOAD))
     with contextlib.suppress(Exception):
         import matplotlib
 
@@ -72,9 +116,10 @@ def warm_worker() -> int:
 
 
 def in_worker() -> bool:
-    """Whether this process is one of loky's workers (joblib's default backend)."""
-    loky = sys.modules.get("joblib.externals.loky.backend.process")
-    return loky is not None and isinstance(multiprocessing.current_process(), loky.LokyProcess)
+    """Whether this process is one of loky's workers (joblib's default backend), however it
+    was started: loky counts its nesting depth, 0 outside its workers."""
+    executor = sys.modules.get("joblib.externals.loky.process_executor")
+    return getattr(executor, "_CURRENT_DEPTH", 0) > 0
 
 
 def job_started() -> None:
@@ -84,8 +129,10 @@ def job_started() -> None:
     unregister tqdm's semaphore) run in its own shutdown, before this."""
     if not in_worker():
         return
-    warmed = " (warmed up before the sweep's first job)" if _warmed else ""
-    log.info(f"joblib worker {os.getpid()}{warmed}")
+    notes = ["warmed up before the sweep's first job"] if _warmed else []
+    if _forked and _forked[0]:
+        notes.append("forked by the server that imported torch and MLflow")
+    log.info(f"joblib worker {os.getpid()}" + (f" ({', '.join(notes)})" if notes else ""))
     exit_fast()
 
 
@@ -112,3 +159,4 @@ def stop_workers(kill: bool) -> None:
     executor = getattr(module, "_executor", None)
     if executor is not None:
         executor.shutdown(wait=True, kill_workers=kill)
+    stop_fork_server()  # its workers are gone
