@@ -2,6 +2,8 @@
 
 import csv
 import re
+import subprocess
+import sys
 from pathlib import Path
 
 from mlflow import MlflowClient
@@ -157,3 +159,32 @@ def test_hydras_sweep_functions_pass_the_check_and_run_as_hydra_expands_them(tmp
     assert bad.returncode == 2 and bad.stderr.strip().splitlines() == [
         "Error: BasicSweeper does not support sweep type : INTERVAL_SWEEP"
     ], bad.stderr
+
+
+FORK_SERVER = """
+import multiprocessing, os, signal, time
+import multiprocessing.forkserver as forkserver
+from mnistlab.tracking import workers
+
+workers.start_fork_server()
+child = multiprocessing.get_context("forkserver").Process(target=time.sleep, args=(0,))
+child.start()  # forked once the server has imported what a job needs
+child.join()
+pid = forkserver._forkserver._forkserver_pid
+os.kill(pid, signal.SIGTERM)  # as a closed terminal or scancel sends to the whole group
+time.sleep(1)
+alive = os.waitpid(pid, os.WNOHANG) == (0, 0)
+workers.stop_fork_server()
+time.sleep(1)
+print(child.exitcode, alive, os.waitpid(pid, os.WNOHANG)[0] == pid)
+"""
+
+
+def test_the_fork_server_outlives_sigterm_and_is_killed_once_the_sweep_is_done():
+    # a server gone would take its live workers with it (loky kills them), so only the sweep's
+    # command stops it, and then for good
+    result = subprocess.run(
+        [sys.executable, "-c", FORK_SERVER], capture_output=True, text=True, timeout=300
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.stdout.split() == ["0", "True", "True"]

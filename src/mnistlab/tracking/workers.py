@@ -1,6 +1,6 @@
 """joblib's workers in a sweep: Hydra's joblib launcher runs the jobs in loky's processes, kept
 for the whole sweep. They start while the parent run opens, forked from a server process that
-imported what a job needs once (`PRELOAD`), and warm the model export up; they exit without
+imported what a job needs once (`tracking.preload`), and warm the model export up; they exit without
 tearing the interpreter down; the sweep's command stops them at its end.
 """
 
@@ -21,12 +21,8 @@ from mnistlab.tracking.exporter import warm_up
 
 log = logging.getLogger(__name__)
 _warmed: list[int] = []  # in a worker: its pid, once it imported what a job needs
-_forked: list[bool] = []  # in a worker: whether it began with `PRELOAD` imported
-# what every job imports, imported once by the server that forks the workers: torch and the
-# compiler hooks its optimizers load, matplotlib, MLflow and its PyTorch flavor (a job logs its
-# model itself). Importing runs no torch op: the server starts no OpenMP threads to fork.
-PRELOAD = ("mnistlab.recipe", "torch._dynamo", "torch.export._trace", "mlflow.entities",
-           "mlflow.pytorch", "mlflow.store.tracking.sqlalchemy_store")  # fmt: skip
+_forked: list[bool] = []  # in a worker: whether it began with what a job imports
+PRELOAD = "mnistlab.tracking.preload"  # what the fork server imports: what every job imports
 
 
 def start_warming(config: DictConfig) -> threading.Thread | None:
@@ -51,7 +47,7 @@ def start_warming(config: DictConfig) -> threading.Thread | None:
 
     def warm() -> None:
         with contextlib.suppress(Exception):  # the jobs import what a failed warm-up did not
-            pids = Parallel(**settings)(delayed(warm_worker)() for _ in range(n))
+            pids = Parallel(**settings)(delayed(warm_worker)(n) for _ in range(n))
             log.info(f"joblib workers {', '.join(map(str, sorted(set(pids))))} ready")
 
     thread = threading.Thread(target=warm, name="joblib-warm-up", daemon=True)
@@ -61,8 +57,8 @@ def start_warming(config: DictConfig) -> threading.Thread | None:
 
 def start_fork_server() -> None:
     """Start the fork server now, first thing, for a sweep whose command line names joblib's
-    launcher: it imports `PRELOAD` while this process checks the configs and opens the parent
-    run, and the workers start from it once the sweep begins."""
+    launcher: it imports what a job needs while this process checks the configs and opens the
+    parent run, and the workers start from it once the sweep begins."""
     fork_from_server()
     with contextlib.suppress(Exception):  # else the first worker starts it
         multiprocessing.forkserver.ensure_running()
@@ -81,24 +77,25 @@ def stop_fork_server() -> None:
 
 def fork_from_server() -> None:
     """Have loky start this sweep's workers (and the launcher's, the same executor) from
-    multiprocessing's fork server, which imports `PRELOAD` first: each worker then begins with
-    them instead of importing them itself, 2 workers on 2 cores beside the parent run's
-    opening. Where there is no fork server (Windows), loky's own start it is."""
+    multiprocessing's fork server, which imports `tracking.preload` first: each worker then
+    begins with what a job imports instead of importing it itself, 2 workers on 2 cores beside
+    the parent run's opening. Where there is no fork server (Windows), loky's own start it is."""
     if "forkserver" not in multiprocessing.get_all_start_methods():
         return
     from joblib.externals.loky.backend.context import set_start_method
 
-    multiprocessing.set_forkserver_preload(list(PRELOAD))
+    multiprocessing.set_forkserver_preload([PRELOAD])
     set_start_method("forkserver", force=True)
 
 
-def warm_worker() -> int:
-    """Import what every job imports (`PRELOAD`, already there in a worker forked from the
-    server), and warm the model export up; this worker's pid. A failure here is left to the
-    jobs, which import all this again (a task that raised would cost the worker: joblib would
-    replace them all)."""
+def warm_worker(n: int) -> int:
+    """Import what every job imports (already there in a worker forked from the server), warm
+    the model export up, and take one of `n` workers' share of the cores as torch threads (as
+    joblib's environment for its workers would say, which loky cannot hand to a forked one);
+    this worker's pid. A failure here is left to the jobs, which import all this again (a task
+    that raised would cost the worker: joblib would replace them all)."""
     exit_fast()
-    _forked.append(all(name in sys.modules for name in PRELOAD))
+    _forked.append(all(name in sys.modules for name in (PRELOAD, "torch", "mlflow")))
     with contextlib.suppress(Exception):
         import matplotlib
 
@@ -108,9 +105,8 @@ def warm_worker() -> int:
         import torch
         import torch._dynamo  # noqa: F401
 
-        threads = torch.get_num_threads()  # loky's share of the cores: the jobs' on a GPU too
         warm_up()  # sets 1 thread, for the recorder process it was written for
-        torch.set_num_threads(threads)
+        torch.set_num_threads(max(1, (os.cpu_count() or 1) // n))  # the jobs' on a GPU too
         _warmed.append(os.getpid())
     return os.getpid()
 
@@ -138,7 +134,8 @@ def job_started() -> None:
 
 def exit_fast() -> None:
     """Have this process skip the interpreter's teardown at exit. Exit handlers registered after
-    this call still run (they run in reverse order); it is made again at each job for that."""
+    this call still run (they run in reverse order); it is made again at each job for that. (A
+    worker forked by the fork server ends with os._exit: no exit handler runs there.)"""
     atexit.unregister(_exit_now)
     atexit.register(_exit_now)
 
