@@ -242,9 +242,9 @@ class Opener:
     """Opens a run's store in the recorder process (`connect`'s result: client, experiment id).
     `start` asks for it while the run builds its optimizer (its data found and its model built:
     a run stopped by a missing dataset, or a model that does not fit it, writes no store);
-    calling it waits for the answer. `warms_up`: the
-    recorder warms the model export up meanwhile, through the run's first epoch, which then
-    trains on one CPU thread fewer (`device.Threads`)."""
+    calling it waits for the answer. `warms_up`: the recorder warms the model export up
+    meanwhile, through the run's first epoch, which then trains on one CPU thread fewer
+    (`device.Threads`)."""
 
     recorder: Recorder
     cfg: DictConfig
