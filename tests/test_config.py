@@ -232,3 +232,65 @@ def test_the_check_marks_only_its_own_jobs_as_checked(tmp_path, monkeypatch):
         "x",
         "epochs=1",
     ]  # fmt: skip  (Hydra's flags: the jobs check themselves)
+
+
+def test_a_checked_sweep_runs_on_the_basic_sweeper_that_trusts_the_check(tmp_path, monkeypatch):
+    from mnistlab.cli import CHECKED_ENV, check_command_line
+
+    monkeypatch.chdir(tmp_path)
+    mark = f"++hydra.job.env_set.{CHECKED_ENV}=1"
+    assert check_command_line(["-m", "data=synthetic", "seed=1,2"]) == [
+        "-m", "data=synthetic", "seed=1,2", mark, "hydra/sweeper=mnistlab_basic",
+    ]  # fmt: skip
+    # Hydra's own when named, Optuna's when chosen: only the mark
+    named = ["-m", "data=synthetic", "seed=1,2", "hydra/sweeper=basic"]
+    assert check_command_line(named) == [*named, mark]
+    optuna = ["-m", "data=synthetic", "hparams_search=optuna"]
+    assert check_command_line(optuna) == [*optuna, mark]
+
+
+def test_a_sweep_over_the_checked_limit_is_left_for_its_jobs_to_check(tmp_path, monkeypatch):
+    # the check composes the first MAX_CHECKED jobs: the others must still check themselves
+    from mnistlab import cli
+    from mnistlab.config import CONF_DIR
+    from mnistlab.jobs import sweep_jobs
+
+    monkeypatch.chdir(tmp_path)
+    over = sweep_jobs(["seed=range(0,4)"], CONF_DIR, max_jobs=3)
+    assert over.jobs == [["seed=0"], ["seed=1"], ["seed=2"]] and not over.complete
+    assert sweep_jobs(["seed=range(0,3)"], CONF_DIR, max_jobs=3).complete
+    monkeypatch.setattr(cli, "MAX_CHECKED", 3)  # composing 1,000 configs takes minutes
+    argv = ["-m", "data=synthetic", "epochs=1", "seed=range(0,4)"]
+    assert cli.check_command_line(argv) == argv
+    assert cli.check_command_line(argv[:-1] + ["seed=range(0,3)"])[4:] == [
+        f"++hydra.job.env_set.{cli.CHECKED_ENV}=1", "hydra/sweeper=mnistlab_basic",
+    ]  # fmt: skip
+
+
+@pytest.mark.parametrize("marked", [True, False], ids=["marked", "unmarked"])
+def test_the_trusting_sweeper_composes_the_jobs_only_without_the_mark(marked):
+    # Hydra's real config loader and sweeper; a job that cannot be composed shows which ran
+    from hydra._internal.callbacks import Callbacks
+    from hydra._internal.config_loader_impl import ConfigLoaderImpl
+    from hydra._internal.utils import create_config_search_path
+    from hydra.errors import MissingConfigException
+    from hydra.types import HydraContext, RunMode
+
+    from hydra_plugins.mnistlab_basic_sweeper import MnistlabBasicSweeper
+    from mnistlab.cli import CHECKED_ENV
+    from mnistlab.config import CONF_DIR
+
+    loader = ConfigLoaderImpl(config_search_path=create_config_search_path(CONF_DIR))
+    mark = [f"++hydra.job.env_set.{CHECKED_ENV}=1"] if marked else []
+    config = loader.load_configuration(
+        "config", ["hydra/sweeper=mnistlab_basic", *mark], run_mode=RunMode.MULTIRUN
+    )
+    sweeper = MnistlabBasicSweeper(max_batch_size=None)
+    sweeper.setup(hydra_context=HydraContext(config_loader=loader, callbacks=Callbacks()),
+                  task_function=lambda cfg: None, config=config)  # fmt: skip
+    batch = [["seed=1"], ["model=no_such_model"]]
+    if marked:
+        sweeper.validate_batch_is_legal(batch)  # the command line's check composed them
+    else:
+        with pytest.raises(MissingConfigException, match="no_such_model"):
+            sweeper.validate_batch_is_legal(batch)

@@ -170,7 +170,7 @@ def hydra_jobs(hydra_runs: dict, name: str) -> list[list[str]]:
 def jobs_of(name: str, extra: Path, **kwargs) -> list[list[str]]:
     """sweep_jobs for case `name`, as the app's pre-check calls it."""
     overrides, flags = command_line(name, extra)
-    return sweep_jobs(overrides, str(CONF), **flags, **kwargs)
+    return sweep_jobs(overrides, str(CONF), **flags, **kwargs).jobs
 
 
 @pytest.mark.parametrize("name", [n for n in CASES if n not in ERRORS and n != "shuffle"], ids=str)
@@ -227,16 +227,19 @@ def test_glob_lists_the_group_and_the_extra_config_dir(hydra_runs, extra):
 def test_max_jobs_bounds_the_work_and_keeps_hydras_order(hydra_runs, extra):
     assert jobs_of("range", extra, max_jobs=4) == hydra_jobs(hydra_runs, "range")[:4]
     huge = ["seed=range(0,1000000000)", "lr=range(0,1000000000)", "batch_size=1,2"]
-    assert sweep_jobs(huge, str(CONF), max_jobs=3) == [
+    sweep = sweep_jobs(huge, str(CONF), max_jobs=3)
+    assert sweep.jobs == [
         ["seed=0", "lr=0", "batch_size=1"],
         ["seed=0", "lr=0", "batch_size=2"],
         ["seed=0", "lr=1", "batch_size=1"],
     ]
+    assert not sweep.complete
     with pytest.raises(ValueError, match="max_jobs"):
         sweep_jobs(["seed=1,2"], str(CONF), max_jobs=0)
 
 
 def test_another_sweeper_takes_no_basic_sweeper_params():
     # hparams_search=optuna selects Optuna's sweeper, whose params (intervals) are its own
-    jobs = sweep_jobs(["hparams_search=optuna", "seed=1,2"], str(CONF))
-    assert jobs == [["hparams_search=optuna", "seed=1"], ["hparams_search=optuna", "seed=2"]]
+    sweep = sweep_jobs(["hparams_search=optuna", "seed=1,2"], str(CONF))
+    assert sweep.sweeper.endswith(".MnistlabOptunaSweeper") and sweep.complete
+    assert sweep.jobs == [["hparams_search=optuna", "seed=1"], ["hparams_search=optuna", "seed=2"]]

@@ -15,9 +15,10 @@ from omegaconf import DictConfig, OmegaConf
 from mnistlab import tracking
 from mnistlab.config import CONF_DIR, compose, rule_of, validate
 from mnistlab.errors import UserError, exit_code, one_line
-from mnistlab.jobs import sweep_jobs
+from mnistlab.jobs import BASIC_SWEEPER, Sweep, sweep_jobs
 
 CHECKED_ENV = "MNISTLAB_JOBS_CHECKED"  # set once every job's config passed `validate`
+MAX_CHECKED = 1000  # a sweep of more jobs is checked up to here; every job then checks itself
 
 EXTRAS = {"hydra/launcher=ray": "ray"}  # options that an optional extra of mnistlab installs
 HYDRA_FLAGS = {  # Hydra's own command-line flags, with their short forms
@@ -198,7 +199,7 @@ def check_command_line(argv: list[str]) -> list[str]:
     """Compose and validate the config of every job the command line asks for, before Hydra
     starts and before any MLflow run exists; raise UserError naming the first mistake. Returns
     the command line, with a setting that tells its jobs (in this process or a launcher's
-    workers) that their configs passed.
+    workers) that their configs passed (for a sweep: all of them; see `sweep_marks`).
 
     Command lines with Hydra's own flags (--help, --cfg, -c, ...) are left to Hydra.
     """
@@ -217,11 +218,13 @@ def check_command_line(argv: list[str]) -> list[str]:
     if any(a.startswith("-") for a in overrides):
         return argv
     try:
-        jobs = [overrides]
+        jobs, marks = [overrides], [f"++hydra.job.env_set.{CHECKED_ENV}=1"]
         if multirun:  # every job of the sweep, with the command line's hydra.* settings
             parsed = OverridesParser.create().parse_overrides(overrides)
             settings = [o.input_line for o in parsed if o.is_hydra_override()]
-            jobs = [settings + job for job in sweep_jobs(overrides, CONF_DIR, max_jobs=1000)]
+            sweep = sweep_jobs(overrides, CONF_DIR, max_jobs=MAX_CHECKED)
+            jobs = [settings + job for job in sweep.jobs]
+            marks = sweep_marks(sweep, overrides) if sweep.complete else []
         configs = [compose(job) for job in jobs]
         server_checked = check_server_meanwhile(configs[0])
         stores = {}
@@ -237,4 +240,15 @@ def check_command_line(argv: list[str]) -> list[str]:
         raise UserError(explain(err)) from err
     except Exception as err:  # anything else Hydra's parser lets through, e.g. `=1`
         raise UserError(f"{explain(err)} (in the overrides {' '.join(overrides)})") from err
-    return [*argv, f"++hydra.job.env_set.{CHECKED_ENV}=1"]  # set in this command's jobs only
+    return [*argv, *marks]  # set in this command's jobs only
+
+
+def sweep_marks(sweep: Sweep, overrides: list[str]) -> list[str]:
+    """What a sweep whose every job is checked adds to its command line: the mark its jobs read
+    (`jobs_checked`), and, where Hydra's basic sweeper was chosen by default, the same sweeper
+    without its second composition of each job's config (hydra_plugins.mnistlab_basic_sweeper)."""
+    marks = [f"++hydra.job.env_set.{CHECKED_ENV}=1"]
+    named = any(o.lstrip("+~").startswith("hydra/sweeper=") for o in overrides)
+    if sweep.sweeper == BASIC_SWEEPER and not named:
+        marks.append("hydra/sweeper=mnistlab_basic")
+    return marks

@@ -22,6 +22,7 @@ from __future__ import annotations
 import itertools
 import os
 from collections.abc import Iterator
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
@@ -30,6 +31,8 @@ if TYPE_CHECKING:
     from omegaconf import DictConfig
 
 BASIC_SWEEPER = "hydra._internal.core_plugins.basic_sweeper.BasicSweeper"
+# Hydra's, and the same with mnistlab's check trusted (hydra/sweeper=mnistlab_basic)
+BASIC_SWEEPERS = (BASIC_SWEEPER, "hydra_plugins.mnistlab_basic_sweeper.MnistlabBasicSweeper")
 
 
 def _config_loader(config_dir: str, search_path: list[str] | None) -> ConfigLoaderImpl:
@@ -57,7 +60,7 @@ def _sweeper_params(cfg: DictConfig) -> list[str]:
     from omegaconf import OmegaConf
 
     sweeper = cfg.hydra.sweeper
-    if sweeper.get("_target_") != BASIC_SWEEPER or sweeper.get("params") is None:
+    if sweeper.get("_target_") not in BASIC_SWEEPERS or sweeper.get("params") is None:
         return []
     params = OmegaConf.to_container(sweeper.params, resolve=True)
     return [f"{key}={value}" for key, value in params.items()]
@@ -81,14 +84,24 @@ def _product(lists: list[list[str]], max_jobs: int) -> Iterator[list[str]]:
     return (list(job) for job in itertools.islice(itertools.product(*lists), max_jobs))
 
 
+@dataclass
+class Sweep:
+    """A multirun command line's jobs, expanded before Hydra starts."""
+
+    jobs: list[list[str]]  # each job's task overrides, in Hydra's order (the first max_jobs)
+    sweeper: str  # the composed `hydra.sweeper._target_`
+    complete: bool  # whether `jobs` holds every job of the sweep
+
+
 def sweep_jobs(
     overrides: list[str],
     config_dir: str,
     config_name: str = "config",
     max_jobs: int = 1000,
     search_path: list[str] | None = None,
-) -> list[list[str]]:
-    """Each job's override list for `python APP -m OVERRIDES`, as Hydra's basic sweeper runs it.
+) -> Sweep:
+    """Each job's override list for `python APP -m OVERRIDES`, as Hydra's basic sweeper runs it,
+    with the sweeper the config chose and whether those are all the jobs.
 
     `overrides` are the command line's overrides (no flags); `config_dir` and `config_name` are
     the app's primary config dir and config; `search_path` lists extra config dirs, as
@@ -113,5 +126,7 @@ def sweep_jobs(
     parsed = OverridesParser.create(config_loader=loader).parse_overrides(arguments)
     by_key: dict[str, list[str]] = {}  # a repeated key keeps its first place, takes the last values
     for override in parsed:
-        by_key[override.get_key_element()] = _values(override, max_jobs)
-    return list(_product(list(by_key.values()), max_jobs))
+        by_key[override.get_key_element()] = _values(override, max_jobs + 1)
+    jobs = list(_product(list(by_key.values()), max_jobs + 1))
+    sweeper = str(cfg.hydra.sweeper.get("_target_", ""))
+    return Sweep(jobs[:max_jobs], sweeper, complete=len(jobs) <= max_jobs)
