@@ -9,7 +9,7 @@ from hydra.errors import HydraException
 from omegaconf.errors import OmegaConfBaseException
 
 from conftest import REPO, run_cli
-from mnistlab.config import compose, validate
+from mnistlab.config import compose, register, validate
 from mnistlab.data import Dataset
 from mnistlab.device import resolve_device
 from mnistlab.errors import UserError
@@ -235,12 +235,15 @@ def test_the_check_marks_only_its_own_jobs_as_checked(tmp_path, monkeypatch):
 
 
 def test_a_checked_sweep_runs_on_the_basic_sweeper_that_trusts_the_check(tmp_path, monkeypatch):
+    register()  # the typed schemas, as python -m train registers them
     from mnistlab.cli import CHECKED_ENV, check_command_line
+    from mnistlab.jobs import CHECKED_SWEEPER
 
     monkeypatch.chdir(tmp_path)
     mark = f"++hydra.job.env_set.{CHECKED_ENV}=1"
+    trusting = f"hydra.sweeper._target_={CHECKED_SWEEPER}"
     assert check_command_line(["-m", "data=synthetic", "seed=1,2"]) == [
-        "-m", "data=synthetic", "seed=1,2", mark, "hydra/sweeper=mnistlab_basic",
+        "-m", "data=synthetic", "seed=1,2", mark, trusting,
     ]  # fmt: skip
     # Hydra's own when named, Optuna's when chosen: only the mark
     named = ["-m", "data=synthetic", "seed=1,2", "hydra/sweeper=basic"]
@@ -249,7 +252,34 @@ def test_a_checked_sweep_runs_on_the_basic_sweeper_that_trusts_the_check(tmp_pat
     assert check_command_line(optuna) == [*optuna, mark]
 
 
+def test_the_trusting_sweeper_keeps_the_settings_of_the_basic_sweeper_a_preset_chose(tmp_path):
+    register()  # the typed schemas, as python -m train registers them
+    # a preset in the user's own config dir picks a basic sweeper with params: the same 3 jobs
+    # must run, on the trusting sweeper
+    from mnistlab.cli import check_command_line
+    from mnistlab.config import CONF_DIR
+    from mnistlab.jobs import CHECKED_SWEEPER, sweep_jobs
+
+    (tmp_path / "hydra" / "sweeper").mkdir(parents=True)
+    (tmp_path / "hydra" / "sweeper" / "grid.yaml").write_text(
+        "_target_: hydra._internal.core_plugins.basic_sweeper.BasicSweeper\n"
+        "max_batch_size: 2\nparams:\n  seed: 1,2,3\n"
+    )
+    (tmp_path / "experiment").mkdir()
+    (tmp_path / "experiment" / "grid.yaml").write_text(
+        "# @package _global_\ndefaults:\n  - override /hydra/sweeper: grid\n"
+    )
+    overrides = ["data=synthetic", f"hydra.searchpath=[file://{tmp_path}]", "experiment=grid"]
+    argv = check_command_line(["-m", *overrides])
+    sweep = sweep_jobs(argv[1:], CONF_DIR)
+    assert sweep.sweeper == CHECKED_SWEEPER
+    assert [[o for o in job if o.startswith("seed=")] for job in sweep.jobs] == [
+        ["seed=1"], ["seed=2"], ["seed=3"],
+    ]  # fmt: skip
+
+
 def test_a_sweep_over_the_checked_limit_is_left_for_its_jobs_to_check(tmp_path, monkeypatch):
+    register()  # the typed schemas, as python -m train registers them
     # the check composes the first MAX_CHECKED jobs: the others must still check themselves
     from mnistlab import cli
     from mnistlab.config import CONF_DIR
@@ -263,31 +293,35 @@ def test_a_sweep_over_the_checked_limit_is_left_for_its_jobs_to_check(tmp_path, 
     argv = ["-m", "data=synthetic", "epochs=1", "seed=range(0,4)"]
     assert cli.check_command_line(argv) == argv
     assert cli.check_command_line(argv[:-1] + ["seed=range(0,3)"])[4:] == [
-        f"++hydra.job.env_set.{cli.CHECKED_ENV}=1", "hydra/sweeper=mnistlab_basic",
+        f"++hydra.job.env_set.{cli.CHECKED_ENV}=1", f"hydra.sweeper._target_={cli.CHECKED_SWEEPER}",
     ]  # fmt: skip
 
 
 @pytest.mark.parametrize("marked", [True, False], ids=["marked", "unmarked"])
 def test_the_trusting_sweeper_composes_the_jobs_only_without_the_mark(marked):
-    # Hydra's real config loader and sweeper; a job that cannot be composed shows which ran
+    # Hydra's real config loader and plugins make the sweeper, as in a sweep; a job that cannot
+    # be composed shows whether it composed the batch
     from hydra._internal.callbacks import Callbacks
     from hydra._internal.config_loader_impl import ConfigLoaderImpl
     from hydra._internal.utils import create_config_search_path
+    from hydra.core.plugins import Plugins
     from hydra.errors import MissingConfigException
     from hydra.types import HydraContext, RunMode
 
-    from hydra_plugins.mnistlab_basic_sweeper import MnistlabBasicSweeper
     from mnistlab.cli import CHECKED_ENV
     from mnistlab.config import CONF_DIR
+    from mnistlab.jobs import CHECKED_SWEEPER
 
+    register()  # the typed schemas, as python -m train registers them
     loader = ConfigLoaderImpl(config_search_path=create_config_search_path(CONF_DIR))
     mark = [f"++hydra.job.env_set.{CHECKED_ENV}=1"] if marked else []
-    config = loader.load_configuration(
-        "config", ["hydra/sweeper=mnistlab_basic", *mark], run_mode=RunMode.MULTIRUN
-    )
-    sweeper = MnistlabBasicSweeper(max_batch_size=None)
-    sweeper.setup(hydra_context=HydraContext(config_loader=loader, callbacks=Callbacks()),
-                  task_function=lambda cfg: None, config=config)  # fmt: skip
+    trusting = f"hydra.sweeper._target_={CHECKED_SWEEPER}"
+    config = loader.load_configuration("config", [trusting, *mark], run_mode=RunMode.MULTIRUN)
+    sweeper = Plugins.instance().instantiate_sweeper(
+        hydra_context=HydraContext(config_loader=loader, callbacks=Callbacks()),
+        task_function=lambda cfg: None, config=config,
+    )  # fmt: skip
+    assert type(sweeper).__name__ == "MnistlabBasicSweeper"
     batch = [["seed=1"], ["model=no_such_model"]]
     if marked:
         sweeper.validate_batch_is_legal(batch)  # the command line's check composed them

@@ -15,7 +15,7 @@ from omegaconf import DictConfig, OmegaConf
 from mnistlab import tracking
 from mnistlab.config import CONF_DIR, compose, rule_of, validate
 from mnistlab.errors import UserError, exit_code, one_line
-from mnistlab.jobs import BASIC_SWEEPER, Sweep, sweep_jobs
+from mnistlab.jobs import BASIC_SWEEPER, CHECKED_SWEEPER, Sweep, sweep_jobs
 
 CHECKED_ENV = "MNISTLAB_JOBS_CHECKED"  # set once every job's config passed `validate`
 MAX_CHECKED = 1000  # a sweep of more jobs is checked up to here; every job then checks itself
@@ -188,8 +188,8 @@ def sweeps_on_joblib(argv: list[str]) -> bool:
 
 def jobs_checked() -> bool:
     """Whether this job's config was validated before Hydra started: the basic sweeper's jobs
-    were; a job of another sweeper (Optuna's values), or of a command line with Hydra's flags
-    (--config-dir), was not."""
+    were; a job of another sweeper (Optuna's values), of a sweep of over MAX_CHECKED jobs, or of
+    a command line with Hydra's flags (--config-dir), was not."""
     return os.environ.get(CHECKED_ENV) == "1" and (
         not tracking.in_multirun() or tracking.basic_sweep()
     )
@@ -245,10 +245,11 @@ def check_command_line(argv: list[str]) -> list[str]:
 
 def sweep_marks(sweep: Sweep, overrides: list[str]) -> list[str]:
     """What a sweep whose every job is checked adds to its command line: the mark its jobs read
-    (`jobs_checked`), and, where Hydra's basic sweeper was chosen by default, the same sweeper
-    without its second composition of each job's config (hydra_plugins.mnistlab_basic_sweeper)."""
+    (`jobs_checked`), and, where Hydra's basic sweeper runs it and the command line does not
+    name one, the same sweeper without its second composition of each job's config
+    (hydra_plugins.mnistlab_basic_sweeper), its settings kept (a preset's params)."""
     marks = [f"++hydra.job.env_set.{CHECKED_ENV}=1"]
-    named = any(o.lstrip("+~").startswith("hydra/sweeper=") for o in overrides)
+    named = any(o.lstrip("+~").startswith("hydra/sweeper") for o in overrides)
     if sweep.sweeper == BASIC_SWEEPER and not named:
-        marks.append("hydra/sweeper=mnistlab_basic")
+        marks.append(f"hydra.sweeper._target_={CHECKED_SWEEPER}")
     return marks

@@ -31,8 +31,9 @@ if TYPE_CHECKING:
     from omegaconf import DictConfig
 
 BASIC_SWEEPER = "hydra._internal.core_plugins.basic_sweeper.BasicSweeper"
-# Hydra's, and the same with mnistlab's check trusted (hydra/sweeper=mnistlab_basic)
-BASIC_SWEEPERS = (BASIC_SWEEPER, "hydra_plugins.mnistlab_basic_sweeper.MnistlabBasicSweeper")
+# the same, trusting `python -m train`'s check of every job (hydra_plugins.mnistlab_basic_sweeper)
+CHECKED_SWEEPER = "hydra_plugins.mnistlab_basic_sweeper.MnistlabBasicSweeper"
+BASIC_SWEEPERS = (BASIC_SWEEPER, CHECKED_SWEEPER)
 
 
 def _config_loader(config_dir: str, search_path: list[str] | None) -> ConfigLoaderImpl:

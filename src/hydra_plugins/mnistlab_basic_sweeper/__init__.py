@@ -1,32 +1,18 @@
-"""Hydra's basic sweeper, trusting `python -m train`'s check (hydra/sweeper=mnistlab_basic).
+"""Hydra's basic sweeper, trusting `python -m train`'s check of every job's config.
 
 Hydra's basic sweeper composes every job's config once more before it launches them, to catch a
 bad one early. `python -m train` composed and validated each of them already, before Hydra
 started and before any MLflow run existed (`mnistlab.cli.check_command_line`), and marks the
-command line so (`hydra.job.env_set`). When Hydra's basic sweeper is the one chosen, the check
-also picks this one, which skips that second composition: 1.3 s for 8 jobs on 2 cores, spent
-after joblib's workers are ready and before the first job starts. Without the mark (a command
-line with `--config-dir`, a sweep of over 1,000 jobs) it validates every job as Hydra does.
-Naming `hydra/sweeper=basic` keeps Hydra's own.
+command line so (`hydra.job.env_set`). Where Hydra's basic sweeper runs the sweep and the
+command line names no sweeper, the check also sets `hydra.sweeper._target_` to this one, with
+the sweeper's settings kept, which skips that second composition: 1.3 s for 8 jobs on 2 cores,
+spent after joblib's workers are ready and before the first job starts. Without the mark it
+validates every job as Hydra does. Naming `hydra/sweeper=basic` keeps Hydra's own.
 """
 
 from collections.abc import Sequence
-from dataclasses import dataclass
 
-from hydra._internal.core_plugins.basic_sweeper import BasicSweeper, BasicSweeperConf
-from hydra.core.config_store import ConfigStore
-
-
-@dataclass
-class MnistlabBasicSweeperConf(BasicSweeperConf):
-    """hydra.sweeper: Hydra's basic sweeper's settings (max_batch_size, params)."""
-
-    _target_: str = "hydra_plugins.mnistlab_basic_sweeper.MnistlabBasicSweeper"
-
-
-ConfigStore.instance().store(
-    group="hydra/sweeper", name="mnistlab_basic", node=MnistlabBasicSweeperConf, provider="mnistlab"
-)
+from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
 
 
 class MnistlabBasicSweeper(BasicSweeper):

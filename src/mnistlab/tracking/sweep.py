@@ -24,6 +24,7 @@ from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from mnistlab.errors import UserError, exit_code, one_line
+from mnistlab.jobs import BASIC_SWEEPERS
 from mnistlab.tracking.compare import (
     best_config,
     by_config,
@@ -66,8 +67,7 @@ def in_multirun() -> bool:
 def basic_sweep() -> bool:
     """Whether this multirun's jobs come from Hydra's basic sweeper, which `python -m train`
     expands and checks before Hydra starts (Optuna's values are only known in the job)."""
-    sweeper = str(HydraConfig.get().sweeper.get("_target_", ""))
-    return sweeper.endswith("BasicSweeper")
+    return HydraConfig.get().sweeper.get("_target_") in BASIC_SWEEPERS
 
 
 def swept_keys(config: DictConfig) -> list[str]:
