@@ -248,6 +248,9 @@ def test_a_checked_sweep_runs_on_the_basic_sweeper_that_trusts_the_check(tmp_pat
     # Hydra's own when named, Optuna's when chosen: only the mark
     named = ["-m", "data=synthetic", "seed=1,2", "hydra/sweeper=basic"]
     assert check_command_line(named) == [*named, mark]
+    hydras = "hydra._internal.core_plugins.basic_sweeper.BasicSweeper"
+    target = ["-m", "data=synthetic", "seed=1,2", f"hydra.sweeper._target_={hydras}"]
+    assert check_command_line(target) == [*target, mark]
     optuna = ["-m", "data=synthetic", "hparams_search=optuna"]
     assert check_command_line(optuna) == [*optuna, mark]
 

@@ -245,11 +245,12 @@ def check_command_line(argv: list[str]) -> list[str]:
 
 def sweep_marks(sweep: Sweep, overrides: list[str]) -> list[str]:
     """What a sweep whose every job is checked adds to its command line: the mark its jobs read
-    (`jobs_checked`), and, where Hydra's basic sweeper runs it and the command line does not
-    name one, the same sweeper without its second composition of each job's config
-    (hydra_plugins.mnistlab_basic_sweeper), its settings kept (a preset's params)."""
+    (`jobs_checked`), and, where Hydra's basic sweeper runs it and the command line names no
+    sweeper (nor its `_target_`), the same sweeper without its second composition of each job's
+    config (hydra_plugins.mnistlab_basic_sweeper), its settings kept (a preset's params)."""
     marks = [f"++hydra.job.env_set.{CHECKED_ENV}=1"]
-    named = any(o.lstrip("+~").startswith("hydra/sweeper") for o in overrides)
+    named = any(o.lstrip("+~").startswith(("hydra/sweeper", "hydra.sweeper._target_"))
+                for o in overrides)  # fmt: skip
     if sweep.sweeper == BASIC_SWEEPER and not named:
         marks.append(f"hydra.sweeper._target_={CHECKED_SWEEPER}")
     return marks
