@@ -18,7 +18,7 @@ from mnistlab.errors import UserError
 from mnistlab.inference import load_trained
 from mnistlab.loop import evaluate
 from mnistlab.parts import build_part
-from mnistlab.run_plots import confusion, predictions
+from mnistlab.run_plots import confusion
 
 SOURCE_HELP = "run output dir, .pth file, runs:/<id>/model.pth, run id, or models:/<name>@<alias>"
 
@@ -32,9 +32,9 @@ def evaluate_source(
     trained = load_trained(source, tracking_uri)
     cfg = OmegaConf.merge(trained.cfg, options)  # e.g. data.root where the data lives here
     data = build_part(cfg.data, "data", seed=cfg.seed)
-    metrics = evaluate(trained.model, data, data.test, 1000)
-    labels, probs = predictions(trained.model, data)
-    matrix, per_class = confusion(labels, probs.argmax(dim=1), data.num_classes)
+    metrics = evaluate(trained.model, data, data.test, 1000, predict=True)
+    tested = metrics.pop("predictions")
+    matrix, per_class = confusion(tested.labels, tested.predicted, data.num_classes)
 
     name = f"run {trained.run_id}" if trained.run_id else source
     dataset = str(cfg.data.get("dataset", "synthetic")).rsplit(".", 1)[-1]

@@ -64,6 +64,15 @@ class TrainState:
 
 
 @dataclass(frozen=True)
+class Predictions:
+    """A model's answers over a split, sample by sample in the split's order."""
+
+    labels: torch.Tensor  # the true classes
+    confidence: torch.Tensor  # the softmax probability of the predicted class
+    predicted: torch.Tensor  # the predicted classes
+
+
+@dataclass(frozen=True)
 class LoopSettings:
     """The options the epoch loop reads."""
 
@@ -103,17 +112,28 @@ def check_finite(loss: float, where: str, on_nan: OnNan) -> None:
 
 
 @torch.inference_mode()
-def evaluate(model: nn.Module, data, split, batch_size: int, amp: Amp = Amp.none) -> dict:
-    """Mean cross-entropy loss and accuracy of `model` over `split` of `data`."""
+def evaluate(
+    model: nn.Module, data, split, batch_size: int, amp: Amp = Amp.none, predict: bool = False
+) -> dict:
+    """Mean cross-entropy loss and accuracy of `model` over `split` of `data`; with `predict`,
+    also its "predictions" (`Predictions`, for the plots: no second pass over the split)."""
     model.eval()
     loss_sum = torch.zeros((), device=data.device)
     correct = torch.zeros((), dtype=torch.long, device=data.device)
+    kept: list[tuple[torch.Tensor, ...]] = []
     for inputs, labels in data.batches(split, batch_size):
         with autocast(data.device, amp):
             logits = model(inputs)
         loss_sum += F.cross_entropy(logits.float(), labels, reduction="sum")
         correct += (logits.argmax(dim=1) == labels).sum()
-    return {"loss": loss_sum.item() / len(split), "acc": correct.item() / len(split)}
+        if predict:
+            kept.append((labels, *logits.float().softmax(dim=1).max(dim=1)))
+    metrics = {"loss": loss_sum.item() / len(split), "acc": correct.item() / len(split)}
+    if predict:
+        metrics["predictions"] = Predictions(
+            *(torch.cat(column) for column in zip(*kept, strict=True))
+        )
+    return metrics
 
 
 def steps_per_epoch(samples: int, batch_size: int, max_steps: int | None = None) -> int:

@@ -1,15 +1,88 @@
-"""Figures, drawn with matplotlib's Agg backend (no display needed)."""
+"""Figures, drawn with matplotlib's Agg backend (no display needed), each written atomically."""
 
 import math
+import os
+import signal
+import sys
+import time
+import warnings
 from pathlib import Path
 from typing import Any
 
 import matplotlib
 import numpy as np
 
+from mnistlab.files import atomic_write
+
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 from matplotlib.ticker import MaxNLocator  # noqa: E402
+
+FORK_WAIT_S = 30.0  # how long figures drawn by a forked process may take before drawn here
+
+
+def save(fig: Any, path: Path) -> None:
+    """Write `fig` to `path` (its format from the suffix; PNG if none) atomically; close it."""
+    try:
+        atomic_write(path, lambda f: fig.savefig(f, format=path.suffix[1:] or "png", dpi=100))
+    finally:
+        plt.close(fig)
+
+
+def draw_all(figures: list[tuple]) -> None:
+    """Draw `figures`, each (function, *args). On Linux with a core to spare, every second one
+    is drawn by a forked process meanwhile (matplotlib holds the GIL: threads would take
+    turns); a figure it did not draw (it failed, or took over `FORK_WAIT_S`) is drawn here."""
+    forked = figures[1::2] if len(figures) > 1 and spare_core() else []
+    child = fork_drawing(forked) if forked else None
+    for func, *args in figures if child is None else figures[0::2]:
+        func(*args)
+    if child is not None and not drew(child):
+        for func, *args in forked:
+            func(*args)
+
+
+def spare_core() -> bool:
+    """Whether this process may run on more than one core, on Linux (where a forked process
+    is safe to draw: macOS's frameworks are not fork-safe)."""
+    return sys.platform == "linux" and len(os.sched_getaffinity(0)) > 1
+
+
+def fork_drawing(figures: list[tuple]) -> int | None:
+    """Fork a process that draws `figures` and exits (0 if it drew them all, without running
+    exit handlers or touching what it shares with this one); its pid (None if it did not
+    fork)."""
+    try:
+        with warnings.catch_warnings():  # Python 3.12+ warns of forking a threaded process
+            warnings.simplefilter("ignore", DeprecationWarning)
+            pid = os.fork()
+    except OSError:
+        return None
+    if pid:
+        return pid
+    code = 1
+    try:
+        for sig in (signal.SIGINT, signal.SIGTERM):  # a stop ends it: the parent draws them
+            signal.signal(sig, signal.SIG_DFL)
+        for func, *args in figures:
+            func(*args)
+        code = 0
+    finally:
+        os._exit(code)
+
+
+def drew(pid: int) -> bool:
+    """Whether forked process `pid` exited 0 within `FORK_WAIT_S` (it is killed after that)."""
+    deadline = time.monotonic() + FORK_WAIT_S
+    while True:
+        done, status = os.waitpid(pid, os.WNOHANG)
+        if done:
+            return os.waitstatus_to_exitcode(status) == 0
+        if time.monotonic() > deadline:
+            os.kill(pid, signal.SIGKILL)
+            os.waitpid(pid, 0)
+            return False
+        time.sleep(0.005)
 
 
 def _as_number(value: str) -> float | None:
@@ -67,8 +140,7 @@ def sweep_summary(
     title = f"{len(rows)} runs" + (f", {failed} not finished (red dashes)" if failed else "")
     fig.suptitle(title)
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    save(fig, path)
 
 
 def confusion_matrix(matrix: Any, classes: list[str], path: Path, title: str = "") -> None:
@@ -89,8 +161,7 @@ def confusion_matrix(matrix: Any, classes: list[str], path: Path, title: str = "
     ax.set_ylabel("true")
     ax.set_title(title, fontsize=9)
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    save(fig, path)
 
 
 def learning_curves(history: dict[str, list[tuple[int, float]]], path: Path) -> None:
@@ -109,8 +180,7 @@ def learning_curves(history: dict[str, list[tuple[int, float]]], path: Path) -> 
     axes[0].set_title("cross-entropy loss")
     axes[1].set_title("accuracy")
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    save(fig, path)
 
 
 def per_class_accuracy(accuracies: list[float], classes: list[str], path: Path) -> None:
@@ -124,8 +194,7 @@ def per_class_accuracy(accuracies: list[float], classes: list[str], path: Path) 
     ax.set_ylabel("test accuracy")
     ax.set_title("per-class accuracy on the test split")
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    save(fig, path)
 
 
 def misclassified_grid(
@@ -157,5 +226,4 @@ def misclassified_grid(
     ax.axis("off")
     fig.suptitle("most confident mistakes on the test split", fontsize=10)
     fig.subplots_adjust(left=0, right=1, bottom=0, top=1 - 0.4 / height)
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    save(fig, path)

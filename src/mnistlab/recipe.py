@@ -40,6 +40,7 @@ from mnistlab.files import write_text
 from mnistlab.loop import (
     EpochInterrupted,
     LoopSettings,
+    Predictions,
     TrainState,
     evaluate,
     seed_everything,
@@ -87,11 +88,11 @@ def run(cfg: DictConfig, output_dir: str | Path | None = None) -> float:
             logging_redirect_tqdm(),
         ):
             with debugging(cfg.train, output_dir, tracker):
-                fit(cfg, parts, state, tracker, stop, output_dir)
+                tested = fit(cfg, parts, state, tracker, stop, output_dir)
             distributed.teardown()
             if not rank0:  # the other ranks are done: rank 0 writes the outputs
                 return state.best_val_acc
-            finish(cfg, parts, state, tracker, output_dir)
+            finish(cfg, parts, state, tracker, output_dir, tested)
     log.info(f"Best val acc {state.best_val_acc:.4f}; outputs in {output_dir}")
     uri = tracking.tracking_uri(cfg)
     log.info(f"MLflow run {tracker.run_id}: "
@@ -204,14 +205,17 @@ def loop_settings(cfg: DictConfig) -> LoopSettings:
     )  # fmt: skip
 
 
-def fit(cfg, parts: Parts, state: TrainState, tracker, stop, output_dir: Path) -> None:
+def fit(
+    cfg, parts: Parts, state: TrainState, tracker, stop, output_dir: Path
+) -> Predictions | None:
     """Train the epochs left; after each, log its metrics, step the per-epoch schedule and save a
-    checkpoint. Stops early on train.early_stopping_patience or train.target_loss."""
-    opts = loop_settings(cfg)
+    checkpoint. Stops early on train.early_stopping_patience or train.target_loss. Returns the
+    last epoch's predictions on the test split (None if no epoch was left)."""
+    opts, tested = loop_settings(cfg), None
     epochs = tqdm(range(state.epoch + 1, cfg.epochs + 1), desc="epochs", disable=None, position=0)
     trial = tracking.trial_reporter(cfg, tracker)  # None unless an Optuna trial
     for epoch in epochs:
-        metrics = run_epoch(cfg, parts, state, opts, (stop, tracker, output_dir))
+        metrics, tested = run_epoch(cfg, parts, state, opts, (stop, tracker, output_dir))
         epochs.set_postfix(val_acc=f"{metrics['val/acc']:.4f}")
         improved = state.end_epoch(metrics)
         parts.schedule.end_epoch(metrics["val/loss"])
@@ -220,15 +224,16 @@ def fit(cfg, parts: Parts, state: TrainState, tracker, stop, output_dir: Path) -
         if trial is not None and trial.report(epoch, metrics["val/acc"]):
             log.info(f"Optuna pruned trial {trial.number} after epoch {epoch}")
             tracker.log_tags({"optuna.state": "PRUNED", "optuna.pruned_epoch": str(epoch)})
-            return
+            return tested
         patience, target = cfg.train.early_stopping_patience, cfg.train.target_loss
         if patience and epoch - state.best_epoch >= patience:
             log.info(f"Early stop after epoch {epoch}: no better val acc for {patience} epochs")
             tracker.log_tags({"early_stopped_epoch": str(epoch)})
-            return
+            return tested
         if target and metrics["train/loss"] <= target:
             log.info(f"Train loss {metrics['train/loss']:.4g} <= {target} after epoch {epoch}")
-            return
+            return tested
+    return tested
 
 
 def resume_hint(output_dir: Path) -> str:
@@ -236,9 +241,11 @@ def resume_hint(output_dir: Path) -> str:
     return f"continue with python -m train resume={output_dir}"
 
 
-def run_epoch(cfg, parts: Parts, state: TrainState, opts: LoopSettings, where: tuple) -> dict:
+def run_epoch(
+    cfg, parts: Parts, state: TrainState, opts: LoopSettings, where: tuple
+) -> tuple[dict, Predictions]:
     """Train one epoch (with a checkpoint if a signal stops it midway), evaluate val and test,
-    and log the metrics; return them."""
+    and log the metrics; return them, and the predictions on the test split."""
     stop, tracker, output_dir = where
     epoch, start = state.epoch + 1, time.perf_counter() - state.elapsed_s
     if parts.threads is not None:
@@ -258,9 +265,10 @@ def run_epoch(cfg, parts: Parts, state: TrainState, opts: LoopSettings, where: t
     epoch_time = time.perf_counter() - start
     speed = {"train/samples_per_s": train_m.pop("samples") / epoch_time}
     metrics = {f"train/{k}": v for k, v in train_m.items()}
-    for split in ("val", "test"):
+    for split in ("val", "test"):  # the test split's predictions kept for the plots
         split_m = evaluate(parts.evaluated, parts.data, getattr(parts.data, split),
-                           cfg.train.eval_batch_size, cfg.device.amp)  # fmt: skip
+                           cfg.train.eval_batch_size, cfg.device.amp, split == "test")  # fmt: skip
+        tested = split_m.pop("predictions", None)
         metrics.update({f"{split}/{k}": v for k, v in split_m.items()})
     steps = {"train/step_loss": state.step_losses}
     if parts.schedule.per_batch:
@@ -272,7 +280,7 @@ def run_epoch(cfg, parts: Parts, state: TrainState, opts: LoopSettings, where: t
         + ", ".join(f"{k} {v:.4f}" for k, v in shown.items())
         + f", {epoch_time:.2f} s"
     )
-    return metrics
+    return metrics, tested
 
 
 def save_checkpoints(cfg, parts: Parts, state: TrainState, tracker, output_dir: Path, improved):
@@ -292,10 +300,13 @@ def save_checkpoints(cfg, parts: Parts, state: TrainState, tracker, output_dir: 
             tracker.log_artifact(path, "checkpoints")
 
 
-def finish(cfg, parts: Parts, state: TrainState, tracker, output_dir: Path) -> None:
+def finish(
+    cfg, parts: Parts, state: TrainState, tracker, output_dir: Path, tested: Predictions | None
+) -> None:
     """Write the run's outputs and add them to its record: the weights, the resolved config,
     the data facts, the MLflow model (exported by a process of its own while the plots are
-    drawn), the plots, Hydra's files and the log."""
+    drawn), the plots (from `tested`, the last epoch's predictions on the test split, if it
+    trained one), Hydra's files and the log."""
     model = parts.ema.module if parts.ema is not None else parts.model  # the weights evaluated
     checkpoint.save_weights(model, output_dir / "model.pth")
     write_text(output_dir / "config.yaml", tracking.redact(OmegaConf.to_yaml(cfg, resolve=True)))
@@ -308,7 +319,7 @@ def finish(cfg, parts: Parts, state: TrainState, tracker, output_dir: Path) -> N
     if cfg.mlflow.log_model:
         tracker.log_model(model, parts.data.inputs(parts.data.test.images[:2]))
     if cfg.train.plots:
-        draw_run_plots(model, parts.data, state.history, output_dir / "plots")
+        draw_run_plots(model, parts.data, state.history, output_dir / "plots", tested)
         tracker.log_artifact(output_dir / "plots", "plots")
     tracker.log_artifact(output_dir / ".hydra", ".hydra")
     tracker.log_artifact(output_dir / "train.log")
