@@ -7,12 +7,14 @@ from typing import IO
 
 from mnistlab.errors import WriteError
 
+TEMP = ".tmp"  # a temp file is .{name}.tmp{pid of its writer}, beside the file it becomes
+
 
 def atomic_write(path: Path, write: Callable[[IO[bytes]], None]) -> None:
     """Call `write` on a temp file beside `path`, fsync it, rename it over `path`, and fsync the
     folder, so `path` is the old file or the new one, whole, even after a crash or power cut."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    tmp = path.with_name(f".{path.name}{TEMP}{os.getpid()}")
     try:
         with open(tmp, "wb") as f:
             write(f)
@@ -38,3 +40,9 @@ def write_text(path: Path, text: str) -> None:
     """Write `text` to `path` atomically."""
     data = text.encode()
     atomic_write(path, lambda f: f.write(data))
+
+
+def remove_temp_files(folder: Path, pid: int) -> None:
+    """Remove the temp files that process `pid`, killed midway, left in `folder`."""
+    for tmp in folder.glob(f".*{TEMP}{pid}"):
+        tmp.unlink(missing_ok=True)

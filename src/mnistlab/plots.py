@@ -1,11 +1,6 @@
 """Figures, drawn with matplotlib's Agg backend (no display needed), each written atomically."""
 
 import math
-import os
-import signal
-import sys
-import time
-import warnings
 from pathlib import Path
 from typing import Any
 
@@ -18,8 +13,6 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 from matplotlib.ticker import MaxNLocator  # noqa: E402
 
-FORK_WAIT_S = 30.0  # how long figures drawn by a forked process may take before drawn here
-
 
 def save(fig: Any, path: Path) -> None:
     """Write `fig` to `path` (its format from the suffix; PNG if none) atomically; close it."""
@@ -27,62 +20,6 @@ def save(fig: Any, path: Path) -> None:
         atomic_write(path, lambda f: fig.savefig(f, format=path.suffix[1:] or "png", dpi=100))
     finally:
         plt.close(fig)
-
-
-def draw_all(figures: list[tuple]) -> None:
-    """Draw `figures`, each (function, *args). On Linux with a core to spare, every second one
-    is drawn by a forked process meanwhile (matplotlib holds the GIL: threads would take
-    turns); a figure it did not draw (it failed, or took over `FORK_WAIT_S`) is drawn here."""
-    forked = figures[1::2] if len(figures) > 1 and spare_core() else []
-    child = fork_drawing(forked) if forked else None
-    for func, *args in figures if child is None else figures[0::2]:
-        func(*args)
-    if child is not None and not drew(child):
-        for func, *args in forked:
-            func(*args)
-
-
-def spare_core() -> bool:
-    """Whether this process may run on more than one core, on Linux (where a forked process
-    is safe to draw: macOS's frameworks are not fork-safe)."""
-    return sys.platform == "linux" and len(os.sched_getaffinity(0)) > 1
-
-
-def fork_drawing(figures: list[tuple]) -> int | None:
-    """Fork a process that draws `figures` and exits (0 if it drew them all, without running
-    exit handlers or touching what it shares with this one); its pid (None if it did not
-    fork)."""
-    try:
-        with warnings.catch_warnings():  # Python 3.12+ warns of forking a threaded process
-            warnings.simplefilter("ignore", DeprecationWarning)
-            pid = os.fork()
-    except OSError:
-        return None
-    if pid:
-        return pid
-    code = 1
-    try:
-        for sig in (signal.SIGINT, signal.SIGTERM):  # a stop ends it: the parent draws them
-            signal.signal(sig, signal.SIG_DFL)
-        for func, *args in figures:
-            func(*args)
-        code = 0
-    finally:
-        os._exit(code)
-
-
-def drew(pid: int) -> bool:
-    """Whether forked process `pid` exited 0 within `FORK_WAIT_S` (it is killed after that)."""
-    deadline = time.monotonic() + FORK_WAIT_S
-    while True:
-        done, status = os.waitpid(pid, os.WNOHANG)
-        if done:
-            return os.waitstatus_to_exitcode(status) == 0
-        if time.monotonic() > deadline:
-            os.kill(pid, signal.SIGKILL)
-            os.waitpid(pid, 0)
-            return False
-        time.sleep(0.005)
 
 
 def _as_number(value: str) -> float | None:

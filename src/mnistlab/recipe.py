@@ -267,8 +267,10 @@ def run_epoch(
     metrics = {f"train/{k}": v for k, v in train_m.items()}
     for split in ("val", "test"):  # the test split's predictions kept for the plots
         split_m = evaluate(parts.evaluated, parts.data, getattr(parts.data, split),
-                           cfg.train.eval_batch_size, cfg.device.amp, split == "test")  # fmt: skip
-        tested = split_m.pop("predictions", None)
+                           cfg.train.eval_batch_size, cfg.device.amp,
+                           predict=split == "test")  # fmt: skip
+        if split == "test":
+            tested = split_m.pop("predictions")
         metrics.update({f"{split}/{k}": v for k, v in split_m.items()})
     steps = {"train/step_loss": state.step_losses}
     if parts.schedule.per_batch:
