@@ -13,6 +13,7 @@ from mlflow import MlflowClient
 from PIL import Image
 
 from conftest import cli_env, history, run_cli
+from mnistlab.files import write_csv
 
 FAST = ["data=synthetic", "epochs=1", "device=cpu", "train.plots=false"]
 
@@ -126,6 +127,23 @@ def test_summary_by_config_and_the_best_config_match_values_computed_here(store,
     assert first[-1] == best_run.info.run_id
     with open(cwd / "cfg.csv") as f:
         assert [r["lr"] for r in csv.DictReader(f)][0] == winner
+
+
+def test_a_summary_that_fails_midway_leaves_the_last_one_whole(tmp_path):
+    path, columns = tmp_path / "summary.csv", ["run_id", "best_val_acc"]
+    write_csv(path, columns, [{"run_id": "a", "best_val_acc": 0.9, "other": "left out"}])
+    before = path.read_bytes()
+    assert before.decode().splitlines() == ["run_id,best_val_acc", "a,0.9"]
+
+    class Unprintable:  # a value that fails as the CSV writer turns it into text
+        def __str__(self) -> str:
+            raise RuntimeError("cannot print this value")
+
+    rows = [{"run_id": "b", "best_val_acc": 0.8}, {"run_id": "c", "best_val_acc": Unprintable()}]
+    with pytest.raises(RuntimeError, match="cannot print this value"):
+        write_csv(path, columns, rows)  # row b would be in a file written in place
+    assert path.read_bytes() == before
+    assert [p.name for p in tmp_path.iterdir()] == ["summary.csv"]  # no temp file left
 
 
 def test_each_run_logs_its_splits_as_dataset_inputs_with_digests_of_their_samples(store):

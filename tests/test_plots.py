@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from conftest import only_run
-from mnistlab import forked, run_plots
+from mnistlab import forked, recipe, run_plots
 from mnistlab.config import compose
 from mnistlab.files import atomic_write
 from mnistlab.loop import evaluate
@@ -135,4 +135,21 @@ def test_a_run_draws_its_plots_from_its_last_evaluation(tmp_path, store, monkeyp
                    f"mlflow.tracking_uri={store}"])  # fmt: skip
     train(cfg, output_dir=tmp_path / "out")
     assert sorted(p.name for p in (tmp_path / "out" / "plots").iterdir()) == sorted(FIGURES)
+    assert only_run(store)[1].info.status == "FINISHED"
+
+
+def test_a_run_without_plots_keeps_no_predictions(tmp_path, store, monkeypatch):
+    asked = []
+
+    def evaluate_noting(*args, predict=False, **kwargs):
+        asked.append(predict)
+        return evaluate(*args, predict=predict, **kwargs)
+
+    monkeypatch.setattr(recipe, "evaluate", evaluate_noting)
+    cfg = compose(["data=synthetic", "epochs=1", "device=cpu", "mlflow.log_model=false",
+                   "device.flush_denormal=false", "train.plots=false",
+                   f"mlflow.tracking_uri={store}"])  # fmt: skip
+    train(cfg, output_dir=tmp_path / "out")
+    assert asked == [False, False]  # its epoch's val and test evaluations
+    assert not (tmp_path / "out" / "plots").exists()
     assert only_run(store)[1].info.status == "FINISHED"

@@ -1,7 +1,9 @@
 """Atomic, durable file writes: a file is its old version or its new one, whole, after any crash."""
 
+import csv
+import io
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import IO
 
@@ -40,6 +42,16 @@ def write_text(path: Path, text: str) -> None:
     """Write `text` to `path` atomically."""
     data = text.encode()
     atomic_write(path, lambda f: f.write(data))
+
+
+def write_csv(path: Path, columns: list[str], rows: Iterable[dict]) -> None:
+    """Write `rows` to `path` atomically as CSV: a header of `columns`, then each row's values
+    for them (other keys left out)."""
+    text = io.StringIO(newline="")
+    writer = csv.DictWriter(text, fieldnames=columns, extrasaction="ignore")
+    writer.writeheader()
+    writer.writerows(rows)
+    write_text(path, text.getvalue())
 
 
 def remove_temp_files(folder: Path, pid: int) -> None:

@@ -14,10 +14,10 @@ import matplotlib.pyplot as plt  # noqa: E402
 from matplotlib.ticker import MaxNLocator  # noqa: E402
 
 
-def save(fig: Any, path: Path) -> None:
+def save(fig: Any, path: Path, dpi: int = 100) -> None:
     """Write `fig` to `path` (its format from the suffix; PNG if none) atomically; close it."""
     try:
-        atomic_write(path, lambda f: fig.savefig(f, format=path.suffix[1:] or "png", dpi=100))
+        atomic_write(path, lambda f: fig.savefig(f, format=path.suffix[1:] or "png", dpi=dpi))
     finally:
         plt.close(fig)
 

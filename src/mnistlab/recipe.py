@@ -210,7 +210,7 @@ def fit(
 ) -> Predictions | None:
     """Train the epochs left; after each, log its metrics, step the per-epoch schedule and save a
     checkpoint. Stops early on train.early_stopping_patience or train.target_loss. Returns the
-    last epoch's predictions on the test split (None if no epoch was left)."""
+    last epoch's predictions on the test split (None if no epoch was left, or no plots)."""
     opts, tested = loop_settings(cfg), None
     epochs = tqdm(range(state.epoch + 1, cfg.epochs + 1), desc="epochs", disable=None, position=0)
     trial = tracking.trial_reporter(cfg, tracker)  # None unless an Optuna trial
@@ -243,9 +243,10 @@ def resume_hint(output_dir: Path) -> str:
 
 def run_epoch(
     cfg, parts: Parts, state: TrainState, opts: LoopSettings, where: tuple
-) -> tuple[dict, Predictions]:
+) -> tuple[dict, Predictions | None]:
     """Train one epoch (with a checkpoint if a signal stops it midway), evaluate val and test,
-    and log the metrics; return them, and the predictions on the test split."""
+    and log the metrics; return them, and the predictions on the test split (None unless this
+    process draws the run's plots)."""
     stop, tracker, output_dir = where
     epoch, start = state.epoch + 1, time.perf_counter() - state.elapsed_s
     if parts.threads is not None:
@@ -264,13 +265,13 @@ def run_epoch(
         )
     epoch_time = time.perf_counter() - start
     speed = {"train/samples_per_s": train_m.pop("samples") / epoch_time}
-    metrics = {f"train/{k}": v for k, v in train_m.items()}
+    metrics, tested = {f"train/{k}": v for k, v in train_m.items()}, None
+    plots = cfg.train.plots and distributed.is_main()
     for split in ("val", "test"):  # the test split's predictions kept for the plots
         split_m = evaluate(parts.evaluated, parts.data, getattr(parts.data, split),
                            cfg.train.eval_batch_size, cfg.device.amp,
-                           predict=split == "test")  # fmt: skip
-        if split == "test":
-            tested = split_m.pop("predictions")
+                           predict=plots and split == "test")  # fmt: skip
+        tested = split_m.pop("predictions", tested)
         metrics.update({f"{split}/{k}": v for k, v in split_m.items()})
     steps = {"train/step_loss": state.step_losses}
     if parts.schedule.per_batch:

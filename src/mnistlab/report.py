@@ -10,7 +10,6 @@ and test acc, and the best seed's run, best mean first.
 """
 
 import argparse
-import csv
 import math
 from pathlib import Path
 from typing import Any
@@ -18,6 +17,7 @@ from typing import Any
 from mnistlab import tracking
 from mnistlab.cli import one_line_errors
 from mnistlab.errors import UserError
+from mnistlab.files import write_csv
 
 TARGET_HELP = "experiment name or sweep parent run id (default: mnistlab)"
 COLUMNS = ["run_id", "name", "overrides", "status", "best_val_acc", "test_acc", "duration_s"]
@@ -123,10 +123,7 @@ def main(argv: list[str] | None = None) -> None:
     print(f"{title}: {len(rows)} runs, sorted by {args.sort}")
     print(table(rows))
     if args.csv:
-        with open(args.csv, "w", newline="") as f:
-            writer = csv.DictWriter(f, fieldnames=COLUMNS, extrasaction="ignore")
-            writer.writeheader()
-            writer.writerows({**r, "test_acc": r["final_test_acc"]} for r in rows)
+        write_csv(args.csv, COLUMNS, ({**r, "test_acc": r["final_test_acc"]} for r in rows))
         print(f"table: {args.csv}")
     from mnistlab.plots import sweep_summary
 

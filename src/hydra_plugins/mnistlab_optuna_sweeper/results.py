@@ -11,6 +11,7 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 
 from mnistlab import tracking
+from mnistlab.files import write_text
 
 log = logging.getLogger(__name__)
 
@@ -52,7 +53,7 @@ def write_best(study: Any, folder: Path) -> Path | None:
         "run_id": best.user_attrs.get(tracking.RUN_ATTR),
     }
     path = folder / "best_params.yaml"
-    OmegaConf.save(OmegaConf.create(best_info), path)
+    write_text(path, OmegaConf.to_yaml(OmegaConf.create(best_info)))
     log.info(f"Optuna best trial {best.number}: value {best.value:.4f}, params {best.params}")
     return path
 
@@ -60,11 +61,9 @@ def write_best(study: Any, folder: Path) -> Path | None:
 def draw_plots(study: Any, folder: Path) -> list[Path]:
     """optimization_history.png and param_importances.png (the latter needs two completed
     trials and a parameter that varied); a plot Optuna cannot draw is skipped with a warning."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
     import optuna.visualization.matplotlib as ovm
+
+    from mnistlab.plots import save  # the Agg backend: files only
 
     drawn = []
     for name, plot in (
@@ -78,8 +77,7 @@ def draw_plots(study: Any, folder: Path) -> list[Path]:
             figure = axes.figure if hasattr(axes, "figure") else axes.flat[0].figure
             figure.set_size_inches(8, 5)
             figure.tight_layout()
-            figure.savefig(folder / f"{name}.png", dpi=100)
-            plt.close(figure)
+            save(figure, folder / f"{name}.png")
             drawn.append(folder / f"{name}.png")
         except Exception as err:  # too few trials for importances, say
             log.warning(f"Optuna's {name} plot skipped: {type(err).__name__}: {err}")

@@ -7,7 +7,6 @@ val accuracy. `config_figure` draws the means with error bars. `compare_page` is
 opens MLflow's compare page for a set of runs.
 """
 
-import csv
 import json
 import math
 import statistics
@@ -15,6 +14,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
+from mnistlab.files import write_csv
 from mnistlab.tracking.store import how_to_open
 
 STATS = ["n", "val_acc_mean", "val_acc_std", "test_acc_mean", "test_acc_std"]
@@ -60,11 +60,7 @@ def best_config(groups: list[dict[str, Any]]) -> dict[str, Any] | None:
 
 def write_by_config(groups: list[dict[str, Any]], swept: list[str], path: Path) -> None:
     """The groups as CSV: swept values, n, means and stds, best seed and its run id, digest."""
-    columns = [*config_keys(swept), *STATS, *TAIL]
-    with open(path, "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=columns, extrasaction="ignore")
-        writer.writeheader()
-        writer.writerows(groups)
+    write_csv(path, [*config_keys(swept), *STATS, *TAIL], groups)
 
 
 def table_by_config(groups: list[dict[str, Any]], swept: list[str]) -> str:
@@ -81,10 +77,9 @@ def table_by_config(groups: list[dict[str, Any]], swept: list[str]) -> str:
 
 def config_figure(groups: list[dict[str, Any]], swept: list[str], path: Path) -> None:
     """Mean best val acc (error bars: one std over the seeds) against each swept key."""
-    import matplotlib
-
-    matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+
+    from mnistlab.plots import save  # the Agg backend: files only
 
     keys = config_keys(swept) or ["config_digest"]
     fig, axes = plt.subplots(1, len(keys), figsize=(4.5 * len(keys), 3.6), squeeze=False)
@@ -103,8 +98,7 @@ def config_figure(groups: list[dict[str, Any]], swept: list[str], path: Path) ->
         ax.set_ylabel("best val acc, mean ± std over seeds")
         ax.grid(alpha=0.3)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    save(fig, path, dpi=110)
 
 
 def _sortable(value: str) -> tuple[int, float, str]:

@@ -9,7 +9,6 @@ sweep ends it summarises the children on the parent and closes it. A job that fa
 `python -m train` then exits non-zero.
 """
 
-import csv
 import logging
 import os
 import shlex
@@ -24,6 +23,7 @@ from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from mnistlab.errors import UserError, exit_code, one_line
+from mnistlab.files import write_csv, write_text
 from mnistlab.jobs import BASIC_SWEEPERS
 from mnistlab.tracking.compare import (
     best_config,
@@ -120,7 +120,7 @@ def job_failed(err: Exception) -> float:
             log.error(f"Error: {reason}")
     output_dir = Path(HydraConfig.get().runtime.output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
-    (output_dir / FAILED_MARK).write_text(reason + "\n")
+    write_text(output_dir / FAILED_MARK, reason + "\n")
     return float("nan")
 
 
@@ -191,7 +191,7 @@ class SweepCallback(Callback):
         if parent_id is None:
             tags = parent_tags(config, sweep_dir, swept)
             parent_id = client.create_run(experiment_id, tags=tags, run_name=name).info.run_id
-            (sweep_dir / PARENT_FILE).write_text(parent_id + "\n")
+            write_text(sweep_dir / PARENT_FILE, parent_id + "\n")
         STATE.client, STATE.parent_run_id, STATE.failed_jobs = client, parent_id, 0
         hint = f"finish the sweep with the same command and hydra.sweep.dir={sweep_dir}"
         STATE.claim.watch(tracking_uri(job_cfg), parent_id, hint)
@@ -284,10 +284,7 @@ def write_summaries(rows: list, groups: list, swept: list[str], summary_dir: Pat
 
     columns = ["run_id", "job_num", "overrides", "status", "best_val_acc", "final_test_acc",
                "final_test_loss", "duration_s", "config_digest"]  # fmt: skip
-    with open(summary_dir / "summary.csv", "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=columns, extrasaction="ignore")
-        writer.writeheader()
-        writer.writerows(rows)
+    write_csv(summary_dir / "summary.csv", columns, rows)
     write_by_config(groups, swept, summary_dir / "summary_by_config.csv")
     if any(g["n"] > 1 for g in groups):
         config_figure(groups, swept, summary_dir / "summary.png")
