@@ -111,6 +111,13 @@ def test_python_function_gives_the_same_record_and_returns_best_val_acc(tmp_path
     check_record(client, run, epochs=2, tmp_path=tmp_path)
     assert best == max(v for _, v in history(client, run.info.run_id, "val/acc"))
     assert (tmp_path / "out" / "model.pth").exists()
+    hydra_dir = tmp_path / "out" / ".hydra"  # written by the run, as Hydra's CLI writes them
+    assert sorted(p.name for p in hydra_dir.iterdir()) == ["config.yaml", "hydra.yaml",
+                                                           "overrides.yaml"]  # fmt: skip
+    overrides = [*FAST, f"mlflow.tracking_uri={store}"]
+    assert list(OmegaConf.load(hydra_dir / "overrides.yaml")) == overrides
+    saved = OmegaConf.load(hydra_dir / "config.yaml")
+    assert (saved.lr, saved.epochs, saved.model.hidden_sizes) == (cfg.lr, 2, cfg.model.hidden_sizes)
 
 
 def test_mlflow_tracking_uri_env_var_picks_the_store(tmp_path, store):

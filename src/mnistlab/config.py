@@ -19,6 +19,7 @@ from omegaconf import MISSING, DictConfig, ListConfig, OmegaConf, open_dict
 from omegaconf.errors import OmegaConfBaseException
 
 from mnistlab.errors import UserError
+from mnistlab.files import write_text
 from mnistlab.options import Amp, Check, Compile, DeviceType, OnNan, at_least, finite
 
 # conf/ sits at the repository root, next to src/ (the project is installed editable).
@@ -318,17 +319,18 @@ def hydra_output_dir() -> Path | None:
 
 def save_hydra_files(cfg: DictConfig, output_dir: Path) -> None:
     """Write Hydra's `.hydra/` files (config, hydra, overrides) where Hydra itself did not, e.g. a
-    run started from Python with `compose`."""
+    run started from Python with `compose`: each one missing, atomically."""
     from hydra.core.hydra_config import HydraConfig
 
-    folder = output_dir / ".hydra"
-    if folder.exists() or not HydraConfig.initialized():
+    if not HydraConfig.initialized():
         return
-    folder.mkdir(parents=True)
     hydra_cfg = HydraConfig.get()
-    OmegaConf.save(cfg, folder / "config.yaml")
-    OmegaConf.save(OmegaConf.create({"hydra": hydra_cfg}), folder / "hydra.yaml")
-    OmegaConf.save(hydra_cfg.overrides.task, folder / "overrides.yaml")
+    files = {"config.yaml": cfg, "hydra.yaml": OmegaConf.create({"hydra": hydra_cfg}),
+             "overrides.yaml": hydra_cfg.overrides.task}  # fmt: skip
+    for name, node in files.items():
+        path = output_dir / ".hydra" / name
+        if not path.exists():  # Hydra's own, or an earlier run's in this dir, are kept
+            write_text(path, OmegaConf.to_yaml(node))
 
 
 def group_choice(group: str) -> str | None:

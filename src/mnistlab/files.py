@@ -44,10 +44,10 @@ def write_text(path: Path, text: str) -> None:
     atomic_write(path, lambda f: f.write(data))
 
 
-def write_csv(path: Path, columns: list[str], rows: Iterable[dict]) -> None:
+def write_csv(path: Path | str, columns: list[str], rows: Iterable[dict]) -> None:
     """Write `rows` to `path` atomically as CSV: a header of `columns`, then each row's values
     for them (other keys left out)."""
-    text = io.StringIO(newline="")
+    path, text = Path(path), io.StringIO(newline="")
     writer = csv.DictWriter(text, fieldnames=columns, extrasaction="ignore")
     writer.writeheader()
     writer.writerows(rows)
