@@ -119,8 +119,7 @@ def job_failed(err: Exception) -> float:
         if isinstance(err, UserError):
             log.error(f"Error: {reason}")
     output_dir = Path(HydraConfig.get().runtime.output_dir)
-    output_dir.mkdir(parents=True, exist_ok=True)
-    write_text(output_dir / FAILED_MARK, reason + "\n")
+    write_text(output_dir / FAILED_MARK, reason + "\n")  # makes the dir if the job did not
     return float("nan")
 
 
