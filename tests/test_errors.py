@@ -1,6 +1,7 @@
 """Bad input and faults: one clear line, a non-zero exit, no traceback, no run left RUNNING, and
 no metric lost when the tracking server goes away."""
 
+import pickle
 import resource
 import signal
 import sqlite3
@@ -16,7 +17,7 @@ from mlflow import MlflowClient
 
 from conftest import DATA_ROOT, cli_env, free_port, history, mlflow_server, run_cli
 from mnistlab.cli import check_command_line
-from mnistlab.errors import UserError
+from mnistlab.errors import UserError, WriteError
 
 
 def running_runs(cwd: Path) -> list[str]:
@@ -134,10 +135,12 @@ def test_a_store_file_that_is_no_database_is_named_and_left_alone(tmp_path):
     assert db.read_bytes() == b"not sqlite " * 500 and not (tmp_path / "outputs").exists()
 
 
-def test_a_full_disk_fails_the_run_in_one_line_and_leaves_no_partial_checkpoint(tmp_path):
-    def file_size_limit() -> None:  # what a full disk does to the checkpoint's write
-        resource.setrlimit(resource.RLIMIT_FSIZE, (4 * 2**20, 4 * 2**20))
+def file_size_limit() -> None:
+    """What a full disk does to a run's checkpoint: its write stops at 4 MiB."""
+    resource.setrlimit(resource.RLIMIT_FSIZE, (4 * 2**20, 4 * 2**20))
 
+
+def test_a_full_disk_fails_the_run_in_one_line_and_leaves_no_partial_checkpoint(tmp_path):
     result = subprocess.run(
         [sys.executable, "-m", "train", *SYNTH], cwd=tmp_path, env=cli_env(),
         capture_output=True, text=True, timeout=300, preexec_fn=file_size_limit,
@@ -152,6 +155,34 @@ def test_a_full_disk_fails_the_run_in_one_line_and_leaves_no_partial_checkpoint(
     (run,) = client.search_runs([client.get_experiment_by_name("mnistlab").experiment_id])
     assert run.info.status == "FAILED"
     assert run.data.tags["failure_reason"].startswith("WriteError: cannot write")
+
+
+def test_a_write_error_survives_pickling_whole():  # as a process pool hands errors back
+    err = WriteError("/data/runs/last.pth", "No space left on device", True, "hydra.sweep.dir")
+    again = pickle.loads(pickle.dumps(err))
+    assert type(again) is WriteError and str(again) == str(err) == (
+        "cannot write /data/runs/last.pth (No space left on device): free space on that disk "
+        "or point hydra.sweep.dir elsewhere; the earlier last.pth, if any, is intact"
+    )
+
+
+def test_a_sweep_job_on_a_full_disk_fails_advising_to_move_the_sweeps_dir(tmp_path):
+    result = subprocess.run(
+        [sys.executable, "-m", "train", "-m", *SYNTH], cwd=tmp_path, env=cli_env(),
+        capture_output=True, text=True, timeout=300, preexec_fn=file_size_limit,
+    )  # fmt: skip
+    assert result.returncode == 1, result.stderr[-2000:]
+    assert "1 of 1 sweep jobs failed" in result.stdout + result.stderr
+    (job_dir,) = (tmp_path / "multirun").glob("*/*/0")
+    assert not list(job_dir.glob("*.pth*")) and not list(job_dir.glob(".*.tmp*"))
+    client = MlflowClient(f"sqlite:///{tmp_path / 'mlruns' / 'mlflow.db'}")
+    runs = client.search_runs([client.get_experiment_by_name("mnistlab").experiment_id])
+    (job,) = [r for r in runs if "mlflow.parentRunId" in r.data.tags]
+    assert job.info.status == "FAILED"
+    reason = job.data.tags["failure_reason"]
+    assert reason.startswith(f"WriteError: cannot write {job_dir.resolve() / 'last.pth'} (")
+    assert reason.endswith("): free space on that disk or point hydra.sweep.dir elsewhere; "
+                           "the earlier last.pth, if any, is intact")  # fmt: skip
 
 
 def test_runs_started_together_in_one_folder_keep_their_own_outputs_and_runs(tmp_path):

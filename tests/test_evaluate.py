@@ -45,6 +45,18 @@ def test_evaluate_reproduces_the_logged_test_accuracy_from_every_kind_of_source(
         assert (cwd / "cm.png").read_bytes()[:4] == b"\x89PNG"
 
 
+def test_an_output_that_cannot_be_written_is_one_line_naming_the_option(trained, tmp_path):
+    cwd, _, run = trained
+    (tmp_path / "a_file").write_text("not a folder")
+    png = tmp_path / "a_file" / "cm.png"
+    result = module("evaluate", [run.info.run_id, "--output", str(png)], cwd)
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    assert result.stderr.strip().splitlines()[-1] == (
+        f"Error: cannot write {png} (File exists): point --output elsewhere; "
+        "the earlier cm.png, if any, is intact"
+    )
+
+
 def test_evaluate_can_log_eval_metrics_and_the_confusion_matrix_to_the_run(trained):
     cwd, client, run = trained
     result = module("evaluate", [run.info.run_id, "log_to_mlflow=true"], cwd)

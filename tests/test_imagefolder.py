@@ -74,6 +74,17 @@ def test_a_folder_of_images_trains_evaluates_and_predicts_with_its_class_names(t
     assert data.mean == pytest.approx(float(pixels.mean()), rel=1e-5)  # measured on train
 
 
+def test_an_unwritable_cache_only_costs_the_decode_next_time(tmp_path):
+    root = make_folder(tmp_path / "shapes", per_class=12)
+    (tmp_path / "a_file").write_text("not a folder")
+    args = ["data=imagefolder", f"data.root={root}", "data.val_size=4",
+            f"data.cache_dir={tmp_path / 'a_file' / 'cache'}"]  # fmt: skip
+    for _ in range(2):  # decoded each time
+        data = build_part(compose(args).data, "data", seed=0)
+        assert (len(data.train), len(data.val), len(data.test)) == (20, 4, 8)
+    assert (tmp_path / "a_file").read_text() == "not a folder"
+
+
 def bad(root: Path, what: str) -> Path:
     """An image folder with one thing wrong."""
     make_folder(root, per_class=6)

@@ -41,6 +41,18 @@ def test_report_lists_a_sweeps_runs_sorted_with_csv_and_figure(sweep):
     assert (cwd / "cmp.png").read_bytes()[:4] == b"\x89PNG"
 
 
+def test_a_table_that_cannot_be_written_is_one_line_naming_the_option(sweep, tmp_path):
+    cwd, parent = sweep
+    (tmp_path / "a_file").write_text("not a folder")
+    for args in (["--csv"], ["--by-config", "--csv"]):
+        path = tmp_path / "a_file" / "runs.csv"
+        result = report([parent, *args, str(path)], cwd)
+        assert result.returncode == 1 and "Traceback" not in result.stderr
+        line = result.stderr.strip().splitlines()[-1]
+        assert line.startswith(f"Error: cannot write {path} (File exists): point --csv elsewhere")
+    assert (tmp_path / "a_file").read_text() == "not a folder"
+
+
 def test_report_of_the_experiment_sorts_by_any_metric(sweep):
     cwd, _ = sweep
     result = report(["mnistlab", "--sort", "test/loss", "--ascending"], cwd)

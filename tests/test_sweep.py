@@ -1,6 +1,7 @@
 """Real Hydra multiruns through the CLI, each against a fresh SQLite store in a temp dir."""
 
 import csv
+import os
 import re
 import subprocess
 import sys
@@ -8,7 +9,7 @@ from pathlib import Path
 
 from mlflow import MlflowClient
 
-from conftest import history, run_cli
+from conftest import cli_env, history, run_cli
 
 FAST = ["data=synthetic", "epochs=2", "device=cpu"]
 
@@ -101,6 +102,22 @@ def test_parallel_2x2_grid_with_joblib_is_one_parent_with_four_children(tmp_path
     assert {c["n"] for c in configs} == {"1"} and {c["val_acc_std"] for c in configs} == {"nan"}
     assert configs[0]["best_run_id"] == parent.data.tags["best_run_id"]  # best mean first
     assert len({c["config_digest"] for c in configs}) == 4
+
+
+def test_joblib_jobs_share_the_cores_the_sweep_may_use_not_the_machines(tmp_path):
+    # Pinned to one CPU (as taskset or SLURM's cpuset pins a job), a job joblib runs has that
+    # one for its torch threads, whatever the machine's count.
+    one_cpu = str(min(os.sched_getaffinity(0)))
+    args = ["-m", *FAST, "epochs=1", "train.plots=false", "seed=0",
+            "hydra/launcher=joblib", "hydra.launcher.n_jobs=1"]  # fmt: skip
+    result = subprocess.run(
+        ["taskset", "-c", one_cpu, sys.executable, "-m", "train", *args],
+        cwd=tmp_path, env=cli_env(), capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    _, parent, children = sweep_record(tmp_path)
+    assert parent.info.status == "FINISHED" and children[0].info.status == "FINISHED"
+    assert children[0].data.tags["torch.threads"] == "1"
 
 
 def test_a_failing_job_fails_its_run_and_the_parent_but_not_the_other_jobs(tmp_path):

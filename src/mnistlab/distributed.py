@@ -42,9 +42,14 @@ def setup(device: torch.device) -> torch.device:
 
 
 def cpu_threads() -> int | None:
-    """Torch threads for one of this machine's torchrun processes on the CPU: its share."""
+    """Torch threads for one of this machine's torchrun processes on the CPU: its share of the
+    cores it may use (as joblib counts them: its CPU affinity, a container's CPU quota)."""
     local = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
-    return max(1, (os.cpu_count() or 1) // local) if local > 1 else None
+    if local < 2:
+        return None
+    from joblib import cpu_count
+
+    return max(1, cpu_count() // local)
 
 
 def wrap(model: nn.Module) -> nn.Module:

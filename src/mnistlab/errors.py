@@ -4,6 +4,8 @@
 device or store): the command exits 2. The others end a run that had started: exit 1.
 """
 
+import os
+
 
 class UserError(ValueError):
     """Something the user can fix (an option, a path, a device, a store); exit code 2."""
@@ -14,7 +16,25 @@ class NonFiniteLossError(FloatingPointError):
 
 
 class WriteError(OSError):
-    """A file could not be written (a full disk, say); the earlier version of it is intact."""
+    """A file could not be written (a full disk, say); the earlier version of it is intact.
+    `full`: the disk (or a size limit) was full; `where`: the option that names its folder,
+    which the message advises pointing elsewhere (`files.advising`)."""
+
+    def __init__(self, path: str, reason: str, full: bool, where: str = "hydra.run.dir") -> None:
+        super().__init__(reason)
+        self.path, self.reason, self.full, self.where = path, reason, full, where
+
+    def __str__(self) -> str:
+        fix = f"point {self.where} elsewhere"
+        fix = f"free space on that disk or {fix}" if self.full else fix
+        name = os.path.basename(self.path)
+        return (
+            f"cannot write {self.path} ({self.reason}): {fix}; the earlier {name}, if any, "
+            "is intact"
+        )
+
+    def __reduce__(self) -> tuple:  # pickled whole: a process pool hands its errors back so
+        return (type(self), (self.path, self.reason, self.full, self.where))
 
 
 class TrackingUnavailable(ConnectionError):

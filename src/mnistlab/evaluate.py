@@ -15,6 +15,7 @@ from omegaconf import OmegaConf
 from mnistlab import plots, tracking
 from mnistlab.cli import one_line_errors
 from mnistlab.errors import UserError
+from mnistlab.files import advising
 from mnistlab.inference import load_trained
 from mnistlab.loop import evaluate
 from mnistlab.parts import build_part
@@ -45,9 +46,10 @@ def evaluate_source(
     for label, acc in zip(data.classes, per_class, strict=True):
         print(f"  {label:<14} {acc:.4f}")
     png = output or Path(f"confusion_matrix_{trained.run_id or Path(source).stem}.png")
-    plots.confusion_matrix(
-        matrix, data.classes, png, title=f"{name}: test acc {metrics['acc']:.4f}"
-    )
+    with advising("--output"):
+        plots.confusion_matrix(
+            matrix, data.classes, png, title=f"{name}: test acc {metrics['acc']:.4f}"
+        )
     print(f"confusion matrix: {png}")
 
     if log_to_mlflow:

@@ -1,23 +1,28 @@
 """Atomic, durable file writes: a file is its old version or its new one, whole, after any crash."""
 
+import contextlib
+import contextvars
 import csv
+import errno
 import io
 import os
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import IO
 
 from mnistlab.errors import WriteError
 
 TEMP = ".tmp"  # a temp file is .{name}.tmp{pid of its writer}, beside the file it becomes
+FULL = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG}  # a full disk, a quota, a file size limit
+WHERE = contextvars.ContextVar("where", default="hydra.run.dir")  # the folder's option: advising
 
 
 def atomic_write(path: Path, write: Callable[[IO[bytes]], None]) -> None:
     """Call `write` on a temp file beside `path`, fsync it, rename it over `path`, and fsync the
     folder, so `path` is the old file or the new one, whole, even after a crash or power cut."""
-    path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}{TEMP}{os.getpid()}")
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
         with open(tmp, "wb") as f:
             write(f)
             f.flush()
@@ -29,13 +34,13 @@ def atomic_write(path: Path, write: Callable[[IO[bytes]], None]) -> None:
         finally:
             os.close(folder)
     except (OSError, RuntimeError) as err:  # torch.save reports a short write as RuntimeError
-        reason = err.strerror if isinstance(err, OSError) else None
-        raise WriteError(
-            f"cannot write {path} ({reason or 'the write stopped short'}): free space on that "
-            f"disk or point hydra.run.dir elsewhere; the earlier {path.name}, if any, is intact"
-        ) from err
+        oserror = isinstance(err, OSError)
+        reason = (err.strerror if oserror else None) or "the write stopped short"
+        full = not oserror or err.errno in FULL
+        raise WriteError(str(path), reason, full, WHERE.get()) from err
     finally:
-        tmp.unlink(missing_ok=True)
+        with contextlib.suppress(OSError):  # none left; or its folder was never there
+            tmp.unlink(missing_ok=True)
 
 
 def write_text(path: Path, text: str) -> None:
@@ -58,3 +63,14 @@ def remove_temp_files(folder: Path, pid: int) -> None:
     """Remove the temp files that process `pid`, killed midway, left in `folder`."""
     for tmp in folder.glob(f".*{TEMP}{pid}"):
         tmp.unlink(missing_ok=True)
+
+
+@contextlib.contextmanager
+def advising(where: str) -> Iterator[None]:
+    """A write that fails within (in this thread) advises pointing option `where` elsewhere,
+    not hydra.run.dir: the sweep's dir, say, or a command's --output."""
+    token = WHERE.set(where)
+    try:
+        yield
+    finally:
+        WHERE.reset(token)

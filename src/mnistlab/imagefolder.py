@@ -3,6 +3,7 @@
 (resized to `image_size`, converted to `channels`), cached like MNIST, then served on the fast
 path as uint8 tensors."""
 
+import contextlib
 import hashlib
 import os
 from pathlib import Path
@@ -90,8 +91,9 @@ def read(root: Path, image_size: int, channels: int, cache_dir: str | None) -> d
         tensors[f"{name}_images"] = decode(paths, image_size, channels)
         labels = [classes.index(c) for c in classes for _ in split.get(c, [])]
         tensors[f"{name}_labels"] = torch.tensor(labels, dtype=torch.long)
-    if cache:
-        atomic_write(cache, lambda f: torch.save(tensors, f))
+    if cache:  # an unwritable cache only costs the decode next time, as MNIST's
+        with contextlib.suppress(OSError):
+            atomic_write(cache, lambda f: torch.save(tensors, f))
     return tensors
 
 

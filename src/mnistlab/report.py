@@ -17,7 +17,7 @@ from typing import Any
 from mnistlab import tracking
 from mnistlab.cli import one_line_errors
 from mnistlab.errors import UserError
-from mnistlab.files import write_csv
+from mnistlab.files import advising, write_csv
 
 TARGET_HELP = "experiment name or sweep parent run id (default: mnistlab)"
 COLUMNS = ["run_id", "name", "overrides", "status", "best_val_acc", "test_acc", "duration_s"]
@@ -84,7 +84,8 @@ def report_by_config(title: str, rows: list[dict[str, Any]], path: Path | None) 
     print(f"{title}: {len(rows)} runs in {len(groups)} configs, best mean val acc first")
     print(tracking.table_by_config(groups, keys))
     if path:
-        tracking.write_by_config(groups, keys, path)
+        with advising("--csv"):
+            tracking.write_by_config(groups, keys, path)
         print(f"table: {path}")
 
 
@@ -123,14 +124,16 @@ def main(argv: list[str] | None = None) -> None:
     print(f"{title}: {len(rows)} runs, sorted by {args.sort}")
     print(table(rows))
     if args.csv:
-        write_csv(args.csv, COLUMNS, ({**r, "test_acc": r["final_test_acc"]} for r in rows))
+        with advising("--csv"):
+            write_csv(args.csv, COLUMNS, ({**r, "test_acc": r["final_test_acc"]} for r in rows))
         print(f"table: {args.csv}")
     from mnistlab.plots import sweep_summary
 
     top = [r for r in rows if r["val_curve"]][: args.top]
     curves = {r["name"]: r["val_curve"] for r in top}
     metric = args.sort if args.sort in rows[0] else "best_val_acc"
-    sweep_summary(rows, varying(rows), args.figure, metric=metric, curves=curves)
+    with advising("--figure"):
+        sweep_summary(rows, varying(rows), args.figure, metric=metric, curves=curves)
     print(f"figure: {args.figure}")
 
 

@@ -11,7 +11,7 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 
 from mnistlab import tracking
-from mnistlab.files import write_text
+from mnistlab.files import advising, write_text
 
 log = logging.getLogger(__name__)
 
@@ -25,7 +25,8 @@ def report(study: Any, numbers: list[int], config: DictConfig, settings: DictCon
     counts = {"complete": ours["COMPLETE"], "pruned": ours["PRUNED"], "failed": ours["FAIL"]}
     log.info(f"Optuna search: {counts['complete']} completed, {counts['pruned']} pruned, "
              f"{counts['failed']} failed; the study now holds {len(trials)} trials")  # fmt: skip
-    files = [write_best(study, folder)] + draw_plots(study, folder)
+    with advising("hydra.sweep.dir"):
+        files = [write_best(study, folder)] + draw_plots(study, folder)
     client, parent = tracking.STATE.client, tracking.STATE.parent_run_id
     if client is None or parent is None:
         return

@@ -23,7 +23,7 @@ from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from mnistlab.errors import UserError, exit_code, one_line
-from mnistlab.files import write_csv, write_text
+from mnistlab.files import advising, write_csv, write_text
 from mnistlab.jobs import BASIC_SWEEPERS
 from mnistlab.tracking.compare import (
     best_config,
@@ -96,13 +96,17 @@ def child_context() -> dict[str, str] | None:
 
 
 def threads_per_job() -> int | None:
-    """Torch threads for one of N parallel joblib jobs: its share of the cores, else None."""
+    """Torch threads for one of N parallel joblib jobs: its share of the cores, else None. The
+    cores are those this process may use, as joblib counts them (its CPU affinity: taskset,
+    SLURM's cpuset; a container's CPU quota), not all the machine's."""
     if not in_multirun():
         return None
     launcher = HydraConfig.get().launcher
     if "Joblib" not in str(launcher.get("_target_", "")):
         return None
-    cores = os.cpu_count() or 1
+    from joblib import cpu_count
+
+    cores = cpu_count()
     n_jobs = launcher.get("n_jobs") or -1
     n_jobs = n_jobs if n_jobs > 0 else max(1, cores + 1 + n_jobs)
     return max(1, cores // n_jobs)
@@ -119,7 +123,8 @@ def job_failed(err: Exception) -> float:
         if isinstance(err, UserError):
             log.error(f"Error: {reason}")
     output_dir = Path(HydraConfig.get().runtime.output_dir)
-    write_text(output_dir / FAILED_MARK, reason + "\n")  # makes the dir if the job did not
+    with advising("hydra.sweep.dir"):
+        write_text(output_dir / FAILED_MARK, reason + "\n")  # makes the dir if the job did not
     return float("nan")
 
 
@@ -190,7 +195,8 @@ class SweepCallback(Callback):
         if parent_id is None:
             tags = parent_tags(config, sweep_dir, swept)
             parent_id = client.create_run(experiment_id, tags=tags, run_name=name).info.run_id
-            write_text(sweep_dir / PARENT_FILE, parent_id + "\n")
+            with advising("hydra.sweep.dir"):
+                write_text(sweep_dir / PARENT_FILE, parent_id + "\n")
         STATE.client, STATE.parent_run_id, STATE.failed_jobs = client, parent_id, 0
         hint = f"finish the sweep with the same command and hydra.sweep.dir={sweep_dir}"
         STATE.claim.watch(tracking_uri(job_cfg), parent_id, hint)
@@ -207,7 +213,8 @@ class SweepCallback(Callback):
             return
         sweep_dir = Path(str(config.hydra.sweep.dir)).resolve()
         try:
-            STATE.failed_jobs = summarise(STATE.client, STATE.parent_run_id, sweep_dir)
+            with advising("hydra.sweep.dir"):
+                STATE.failed_jobs = summarise(STATE.client, STATE.parent_run_id, sweep_dir)
         except Exception as err:  # Hydra would only warn: the exit code must say it
             log.error(f"the sweep summary failed: {type(err).__name__}: {err}")
             STATE.failed_jobs = max(STATE.failed_jobs, 1)

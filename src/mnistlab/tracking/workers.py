@@ -104,9 +104,10 @@ def warm_worker(n: int) -> int:
         import mlflow.entities  # noqa: F401
         import torch
         import torch._dynamo  # noqa: F401
+        from joblib import cpu_count
 
         warm_up()  # sets 1 thread, for the recorder process it was written for
-        torch.set_num_threads(max(1, (os.cpu_count() or 1) // n))  # the jobs' on a GPU too
+        torch.set_num_threads(max(1, cpu_count() // n))  # the jobs' on a GPU too
         _warmed.append(os.getpid())
     return os.getpid()
 
