@@ -39,11 +39,9 @@ def main(cfg: DictConfig) -> float:
         tracking.job_started()  # in joblib's workers
         if not jobs_checked():
             validate(cfg)
-        from mnistlab.files import advising
         from mnistlab.recipe import run
 
-        with advising("hydra.sweep.dir" if tracking.in_multirun() else "hydra.run.dir"):
-            return run(cfg)
+        return run(cfg)
     except Exception as err:
         if tracking.in_multirun():
             return tracking.job_failed(err)

@@ -52,8 +52,8 @@ def test_an_output_that_cannot_be_written_is_one_line_naming_the_option(trained,
     result = module("evaluate", [run.info.run_id, "--output", str(png)], cwd)
     assert result.returncode == 1 and "Traceback" not in result.stderr
     assert result.stderr.strip().splitlines()[-1] == (
-        f"Error: cannot write {png} (File exists): point --output elsewhere; "
-        "the earlier cm.png, if any, is intact"
+        f"Error: cannot write {png} ({tmp_path / 'a_file'} is a file, not a folder): point "
+        "--output elsewhere; the earlier cm.png, if any, is intact"
     )
 
 

@@ -44,12 +44,15 @@ def test_report_lists_a_sweeps_runs_sorted_with_csv_and_figure(sweep):
 def test_a_table_that_cannot_be_written_is_one_line_naming_the_option(sweep, tmp_path):
     cwd, parent = sweep
     (tmp_path / "a_file").write_text("not a folder")
-    for args in (["--csv"], ["--by-config", "--csv"]):
-        path = tmp_path / "a_file" / "runs.csv"
-        result = report([parent, *args, str(path)], cwd)
+    for *args, option, name in (["--csv", "runs.csv"], ["--by-config", "--csv", "configs.csv"],
+                                ["--figure", "cmp.png"]):  # fmt: skip
+        path = tmp_path / "a_file" / "sub" / name
+        result = report([parent, *args, option, str(path)], cwd)
         assert result.returncode == 1 and "Traceback" not in result.stderr
-        line = result.stderr.strip().splitlines()[-1]
-        assert line.startswith(f"Error: cannot write {path} (File exists): point --csv elsewhere")
+        assert result.stderr.strip().splitlines()[-1] == (
+            f"Error: cannot write {path} ({tmp_path / 'a_file'} is a file, not a folder): point "
+            f"{option} elsewhere; the earlier {name}, if any, is intact"
+        )
     assert (tmp_path / "a_file").read_text() == "not a folder"
 
 

@@ -2,6 +2,7 @@
 nothing, and resuming into the same MLflow run ends exactly where an uninterrupted run ends."""
 
 import os
+import resource
 import shutil
 import signal
 import sqlite3
@@ -155,6 +156,25 @@ def test_a_run_stopped_in_epoch_1_resumes_on_the_threads_it_began_with(tmp_path)
     weights_b = torch.load(run_dir / "model.pth")
     assert all(torch.equal(weights_a[k], weights_b[k]) for k in weights_a)
     assert "Epoch 1 trains on" not in resumed.stdout + resumed.stderr
+
+
+def test_a_resume_on_a_full_disk_is_told_to_free_space_and_keeps_its_checkpoint(tmp_path):
+    # it writes where it wrote before: there is no other folder to point it to
+    run_dir = stop_during_epoch_2(tmp_path, signal.SIGTERM)
+    before = (run_dir / "last.pth").read_bytes()
+
+    def file_size_limit() -> None:  # what a full disk does to the checkpoint's write
+        resource.setrlimit(resource.RLIMIT_FSIZE, (len(before) // 2, len(before) // 2))
+
+    result = subprocess.run(
+        [sys.executable, "-m", "train", f"resume={run_dir}"], cwd=tmp_path, env=cli_env(),
+        capture_output=True, text=True, timeout=300, preexec_fn=file_size_limit,
+    )  # fmt: skip
+    assert result.returncode == 1 and "Traceback" not in result.stderr, result.stderr[-2000:]
+    line = result.stderr.strip().splitlines()[-1]
+    assert line.startswith(f"Error: cannot write {run_dir / 'last.pth'} (")
+    assert line.endswith("): free space on that disk; the earlier last.pth, if any, is intact")
+    assert (run_dir / "last.pth").read_bytes() == before
 
 
 def test_resuming_a_folder_that_a_live_run_is_using_is_refused(tmp_path):

@@ -107,12 +107,13 @@ def test_parallel_2x2_grid_with_joblib_is_one_parent_with_four_children(tmp_path
 def test_joblib_jobs_share_the_cores_the_sweep_may_use_not_the_machines(tmp_path):
     # Pinned to one CPU (as taskset or SLURM's cpuset pins a job), a job joblib runs has that
     # one for its torch threads, whatever the machine's count.
-    one_cpu = str(min(os.sched_getaffinity(0)))
+    one_cpu = {min(os.sched_getaffinity(0))}
     args = ["-m", *FAST, "epochs=1", "train.plots=false", "seed=0",
             "hydra/launcher=joblib", "hydra.launcher.n_jobs=1"]  # fmt: skip
     result = subprocess.run(
-        ["taskset", "-c", one_cpu, sys.executable, "-m", "train", *args],
-        cwd=tmp_path, env=cli_env(), capture_output=True, text=True, timeout=600,
+        [sys.executable, "-m", "train", *args], cwd=tmp_path, env=cli_env(),
+        capture_output=True, text=True, timeout=600,
+        preexec_fn=lambda: os.sched_setaffinity(0, one_cpu),
     )  # fmt: skip
     assert result.returncode == 0, result.stderr[-3000:]
     _, parent, children = sweep_record(tmp_path)

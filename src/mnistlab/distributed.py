@@ -43,13 +43,11 @@ def setup(device: torch.device) -> torch.device:
 
 def cpu_threads() -> int | None:
     """Torch threads for one of this machine's torchrun processes on the CPU: its share of the
-    cores it may use (as joblib counts them: its CPU affinity, a container's CPU quota)."""
+    cores it may run on (its CPU affinity: taskset, SLURM's cpuset)."""
     local = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
-    if local < 2:
-        return None
-    from joblib import cpu_count
-
-    return max(1, cpu_count() // local)
+    affinity = getattr(os, "sched_getaffinity", None)  # Linux's; elsewhere every core
+    cores = len(affinity(0)) if affinity else (os.cpu_count() or 1)
+    return max(1, cores // local) if local > 1 else None
 
 
 def wrap(model: nn.Module) -> nn.Module:

@@ -18,15 +18,19 @@ class NonFiniteLossError(FloatingPointError):
 class WriteError(OSError):
     """A file could not be written (a full disk, say); the earlier version of it is intact.
     `full`: the disk (or a size limit) was full; `where`: the option that names its folder,
-    which the message advises pointing elsewhere (`files.advising`)."""
+    which the message advises pointing elsewhere (`files.advising`), or None if there is none
+    (a resumed run writes where it wrote before)."""
 
-    def __init__(self, path: str, reason: str, full: bool, where: str = "hydra.run.dir") -> None:
-        super().__init__(reason)
+    def __init__(self, path: str, reason: str, full: bool, where: str | None = "hydra.run.dir"):
+        super().__init__(None, reason, path)  # strerror, filename
         self.path, self.reason, self.full, self.where = path, reason, full, where
 
     def __str__(self) -> str:
-        fix = f"point {self.where} elsewhere"
-        fix = f"free space on that disk or {fix}" if self.full else fix
+        if self.where is None:
+            fix = "free space on that disk" if self.full else "make its folder writable"
+        else:
+            fix = f"point {self.where} elsewhere"
+            fix = f"free space on that disk or {fix}" if self.full else fix
         name = os.path.basename(self.path)
         return (
             f"cannot write {self.path} ({self.reason}): {fix}; the earlier {name}, if any, "
@@ -34,7 +38,7 @@ class WriteError(OSError):
         )
 
     def __reduce__(self) -> tuple:  # pickled whole: a process pool hands its errors back so
-        return (type(self), (self.path, self.reason, self.full, self.where))
+        return (type(self), (self.path, self.reason, self.full, self.where), self.__dict__)
 
 
 class TrackingUnavailable(ConnectionError):

@@ -14,7 +14,7 @@ from mnistlab.errors import WriteError
 
 TEMP = ".tmp"  # a temp file is .{name}.tmp{pid of its writer}, beside the file it becomes
 FULL = {errno.ENOSPC, errno.EDQUOT, errno.EFBIG}  # a full disk, a quota, a file size limit
-WHERE = contextvars.ContextVar("where", default="hydra.run.dir")  # the folder's option: advising
+WHERE: contextvars.ContextVar[str | None] = contextvars.ContextVar("where", default="hydra.run.dir")
 
 
 def atomic_write(path: Path, write: Callable[[IO[bytes]], None]) -> None:
@@ -36,11 +36,18 @@ def atomic_write(path: Path, write: Callable[[IO[bytes]], None]) -> None:
     except (OSError, RuntimeError) as err:  # torch.save reports a short write as RuntimeError
         oserror = isinstance(err, OSError)
         reason = (err.strerror if oserror else None) or "the write stopped short"
+        if oserror and err.errno in (errno.EEXIST, errno.ENOTDIR):  # a file where a folder goes
+            reason = f"{not_a_folder(path)} is a file, not a folder"
         full = not oserror or err.errno in FULL
         raise WriteError(str(path), reason, full, WHERE.get()) from err
     finally:
         with contextlib.suppress(OSError):  # none left; or its folder was never there
             tmp.unlink(missing_ok=True)
+
+
+def not_a_folder(path: Path) -> Path:
+    """The first of `path`'s folders that is there but is no folder (its parent if none)."""
+    return next((p for p in reversed(path.parents) if p.exists() and not p.is_dir()), path.parent)
 
 
 def write_text(path: Path, text: str) -> None:
@@ -66,9 +73,9 @@ def remove_temp_files(folder: Path, pid: int) -> None:
 
 
 @contextlib.contextmanager
-def advising(where: str) -> Iterator[None]:
+def advising(where: str | None) -> Iterator[None]:
     """A write that fails within (in this thread) advises pointing option `where` elsewhere,
-    not hydra.run.dir: the sweep's dir, say, or a command's --output."""
+    not hydra.run.dir: the sweep's dir, say, or a command's --output (None: no option)."""
     token = WHERE.set(where)
     try:
         yield

@@ -36,7 +36,7 @@ from mnistlab.config import (
 )  # fmt: skip
 from mnistlab.debugging import debugging
 from mnistlab.errors import UserError
-from mnistlab.files import write_text
+from mnistlab.files import advising, write_text
 from mnistlab.loop import (
     EpochInterrupted,
     LoopSettings,
@@ -75,11 +75,13 @@ def run(cfg: DictConfig, output_dir: str | Path | None = None) -> float:
     if start.finished is not None:
         return start.finished
     cfg, output_dir, rank0 = start.cfg, start.output_dir, distributed.is_main()
-    key, then = (
-        (f"resume={cfg.resume}", "resume") if start.checkpoint else ("hydra.run.dir", "rerun")
-    )
+    if start.checkpoint:  # it writes where it wrote before: no other folder to point to
+        key, then, where = f"resume={cfg.resume}", "resume", None
+    else:
+        key = where = "hydra.sweep.dir" if tracking.in_multirun() else "hydra.run.dir"
+        then = "rerun"
     claim = tracking.Claim(output_dir, key, then) if rank0 else None  # rank 0 records the run
-    with claim or contextlib.nullcontext():
+    with claim or contextlib.nullcontext(), advising(where):  # a failed write: what to change
         opener = tracking.store_opener(cfg) if claim else None  # the recorder, if started
         parts, state = build(cfg, start, opener)
         with (

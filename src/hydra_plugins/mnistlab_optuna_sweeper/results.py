@@ -18,8 +18,7 @@ log = logging.getLogger(__name__)
 
 def report(study: Any, numbers: list[int], config: DictConfig, settings: DictConfig) -> None:
     """Log and record the counts and the best trial; write and attach the plots."""
-    folder = Path(str(config.hydra.sweep.dir)).resolve() / "optuna"
-    folder.mkdir(parents=True, exist_ok=True)
+    folder = Path(str(config.hydra.sweep.dir)).resolve() / "optuna"  # made by its first write
     trials = study.get_trials(deepcopy=False)
     ours = Counter(t.state.name for t in trials if t.number in numbers)
     counts = {"complete": ours["COMPLETE"], "pruned": ours["PRUNED"], "failed": ours["FAIL"]}

@@ -123,8 +123,10 @@ def job_failed(err: Exception) -> float:
         if isinstance(err, UserError):
             log.error(f"Error: {reason}")
     output_dir = Path(HydraConfig.get().runtime.output_dir)
-    with advising("hydra.sweep.dir"):
+    try:  # the summary counts a FAILED run without it; a full disk may refuse it too
         write_text(output_dir / FAILED_MARK, reason + "\n")  # makes the dir if the job did not
+    except OSError as mark_err:
+        log.error(f"the job's {FAILED_MARK} mark was not written: {mark_err}")
     return float("nan")
 
 
