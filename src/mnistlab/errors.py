@@ -21,7 +21,7 @@ class WriteError(OSError):
     which the message advises pointing elsewhere (`files.advising`), or None if there is none
     (a resumed run writes where it wrote before)."""
 
-    def __init__(self, path: str, reason: str, full: bool, where: str | None = "hydra.run.dir"):
+    def __init__(self, path: str, reason: str, full: bool, where: str | None) -> None:
         super().__init__(None, reason, path)  # strerror, filename
         self.path, self.reason, self.full, self.where = path, reason, full, where
 
