@@ -237,20 +237,22 @@ def test_the_check_marks_only_its_own_jobs_as_checked(tmp_path, monkeypatch):
 def test_a_checked_sweep_runs_on_the_basic_sweeper_that_trusts_the_check(tmp_path, monkeypatch):
     register()  # the typed schemas, as python -m train registers them
     from mnistlab.cli import CHECKED_ENV, check_command_line
-    from mnistlab.jobs import CHECKED_SWEEPER
+    from mnistlab.jobs import CHECKED_SWEEPER, SIZE_ENV
 
     monkeypatch.chdir(tmp_path)
     mark = f"++hydra.job.env_set.{CHECKED_ENV}=1"
+    size = f"++hydra.job.env_set.{SIZE_ENV}=2"  # the jobs' number, for their share of the cores
     trusting = f"hydra.sweeper._target_={CHECKED_SWEEPER}"
     assert check_command_line(["-m", "data=synthetic", "seed=1,2"]) == [
-        "-m", "data=synthetic", "seed=1,2", mark, trusting,
+        "-m", "data=synthetic", "seed=1,2", mark, size, trusting,
     ]  # fmt: skip
-    # Hydra's own when named, Optuna's when chosen: only the mark
+    # Hydra's own when named: the mark and the size; Optuna's when chosen: only the mark (its
+    # trials are not the jobs expanded here)
     named = ["-m", "data=synthetic", "seed=1,2", "hydra/sweeper=basic"]
-    assert check_command_line(named) == [*named, mark]
+    assert check_command_line(named) == [*named, mark, size]
     hydras = "hydra._internal.core_plugins.basic_sweeper.BasicSweeper"
     target = ["-m", "data=synthetic", "seed=1,2", f"hydra.sweeper._target_={hydras}"]
-    assert check_command_line(target) == [*target, mark]
+    assert check_command_line(target) == [*target, mark, size]
     optuna = ["-m", "data=synthetic", "hparams_search=optuna"]
     assert check_command_line(optuna) == [*optuna, mark]
 
@@ -296,7 +298,8 @@ def test_a_sweep_over_the_checked_limit_is_left_for_its_jobs_to_check(tmp_path, 
     argv = ["-m", "data=synthetic", "epochs=1", "seed=range(0,4)"]
     assert cli.check_command_line(argv) == argv
     assert cli.check_command_line(argv[:-1] + ["seed=range(0,3)"])[4:] == [
-        f"++hydra.job.env_set.{cli.CHECKED_ENV}=1", f"hydra.sweeper._target_={cli.CHECKED_SWEEPER}",
+        f"++hydra.job.env_set.{cli.CHECKED_ENV}=1", f"++hydra.job.env_set.{cli.SIZE_ENV}=3",
+        f"hydra.sweeper._target_={cli.CHECKED_SWEEPER}",
     ]  # fmt: skip
 
 

@@ -121,6 +121,16 @@ def test_joblib_jobs_share_the_cores_the_sweep_may_use_not_the_machines(tmp_path
     assert children[0].data.tags["torch.threads"] == "1"
 
 
+def test_a_sweep_of_fewer_jobs_than_joblib_workers_gives_each_job_more_cores(tmp_path):
+    # one job, n_jobs=-1 (a worker per core): it trains on every core this command may use
+    args = ["-m", *FAST, "epochs=1", "train.plots=false", "mlflow.log_model=false", "seed=0",
+            "hydra/launcher=joblib", "hydra.launcher.n_jobs=-1"]  # fmt: skip
+    result = run_cli(args, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    _, _, children = sweep_record(tmp_path)
+    assert children[0].data.tags["torch.threads"] == str(len(os.sched_getaffinity(0)))
+
+
 def test_a_failing_job_fails_its_run_and_the_parent_but_not_the_other_jobs(tmp_path):
     result = run_cli(["-m", *FAST, "optimizer=sgd", "lr=1e-3,1e6,1e-2"], cwd=tmp_path)
     assert result.returncode == 1

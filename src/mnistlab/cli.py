@@ -15,7 +15,14 @@ from omegaconf import DictConfig, OmegaConf
 from mnistlab import tracking
 from mnistlab.config import CONF_DIR, compose, rule_of, validate
 from mnistlab.errors import UserError, exit_code, one_line
-from mnistlab.jobs import BASIC_SWEEPER, CHECKED_SWEEPER, Sweep, sweep_jobs
+from mnistlab.jobs import (
+    BASIC_SWEEPER,
+    BASIC_SWEEPERS,
+    CHECKED_SWEEPER,
+    SIZE_ENV,
+    Sweep,
+    sweep_jobs,
+)
 
 CHECKED_ENV = "MNISTLAB_JOBS_CHECKED"  # set once every job's config passed `validate`
 MAX_CHECKED = 1000  # a sweep of more jobs is checked up to here; every job then checks itself
@@ -245,10 +252,14 @@ def check_command_line(argv: list[str]) -> list[str]:
 
 def sweep_marks(sweep: Sweep, overrides: list[str]) -> list[str]:
     """What a sweep whose every job is checked adds to its command line: the mark its jobs read
-    (`jobs_checked`), and, where Hydra's basic sweeper runs it and the command line names no
-    sweeper (nor its `_target_`), the same sweeper without its second composition of each job's
-    config (hydra_plugins.mnistlab_basic_sweeper), its settings kept (a preset's params)."""
+    (`jobs_checked`), its number of jobs (parallel jobs share the cores among no more than that:
+    `tracking.threads_per_job`), and, where Hydra's basic sweeper runs it and the command line
+    names no sweeper (nor its `_target_`), the same sweeper without its second composition of
+    each job's config (hydra_plugins.mnistlab_basic_sweeper), its settings kept (a preset's
+    params)."""
     marks = [f"++hydra.job.env_set.{CHECKED_ENV}=1"]
+    if sweep.sweeper in BASIC_SWEEPERS:  # its jobs are those (Optuna's trials are not)
+        marks.append(f"++hydra.job.env_set.{SIZE_ENV}={len(sweep.jobs)}")
     named = any(o.lstrip("+~").startswith(("hydra/sweeper", "hydra.sweeper._target_"))
                 for o in overrides)  # fmt: skip
     if sweep.sweeper == BASIC_SWEEPER and not named:

@@ -34,6 +34,7 @@ BASIC_SWEEPER = "hydra._internal.core_plugins.basic_sweeper.BasicSweeper"
 # the same, trusting `python -m train`'s check of every job (hydra_plugins.mnistlab_basic_sweeper)
 CHECKED_SWEEPER = "hydra_plugins.mnistlab_basic_sweeper.MnistlabBasicSweeper"
 BASIC_SWEEPERS = (BASIC_SWEEPER, CHECKED_SWEEPER)
+SIZE_ENV = "MNISTLAB_SWEEP_SIZE"  # in a sweep's jobs: how many jobs it has, where known
 
 
 def _config_loader(config_dir: str, search_path: list[str] | None) -> ConfigLoaderImpl:

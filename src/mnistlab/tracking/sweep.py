@@ -24,7 +24,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 
 from mnistlab.errors import UserError, exit_code, one_line
 from mnistlab.files import advising, write_csv, write_text
-from mnistlab.jobs import BASIC_SWEEPERS
+from mnistlab.jobs import BASIC_SWEEPERS, SIZE_ENV
 from mnistlab.tracking.compare import (
     best_config,
     by_config,
@@ -98,18 +98,18 @@ def child_context() -> dict[str, str] | None:
 def threads_per_job() -> int | None:
     """Torch threads for one of N parallel joblib jobs: its share of the cores, else None. The
     cores are those this process may use, as joblib counts them (its CPU affinity: taskset,
-    SLURM's cpuset; a container's CPU quota), not all the machine's."""
+    SLURM's cpuset; a container's CPU quota), not all the machine's; N is the launcher's
+    `n_jobs` as joblib reads it (-1: one per core), or the sweep's job count if fewer."""
     if not in_multirun():
         return None
     launcher = HydraConfig.get().launcher
     if "Joblib" not in str(launcher.get("_target_", "")):
         return None
-    from joblib import cpu_count
+    from joblib import cpu_count, effective_n_jobs
 
-    cores = cpu_count()
-    n_jobs = launcher.get("n_jobs") or -1
-    n_jobs = n_jobs if n_jobs > 0 else max(1, cores + 1 + n_jobs)
-    return max(1, cores // n_jobs)
+    n_jobs = effective_n_jobs(launcher.get("n_jobs"))
+    size = int(os.environ.get(SIZE_ENV) or n_jobs)  # known for a sweep checked as a whole
+    return max(1, cpu_count() // max(1, min(n_jobs, size)))
 
 
 def job_failed(err: Exception) -> float:
