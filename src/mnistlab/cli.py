@@ -15,6 +15,7 @@ from omegaconf import DictConfig, OmegaConf
 from mnistlab import tracking
 from mnistlab.config import CONF_DIR, compose, rule_of, validate
 from mnistlab.errors import UserError, exit_code, one_line
+from mnistlab.files import nearest_existing
 from mnistlab.jobs import (
     BASIC_SWEEPER,
     BASIC_SWEEPERS,
@@ -97,9 +98,7 @@ def explain(err: Exception) -> str:
 def check_writable(key: str, value: Any, folder: str | Path) -> None:
     """Raise UserError for `key=value` unless `folder` can be written: its nearest existing
     ancestor must be a folder that takes a real file (root passes every permission check)."""
-    existing = Path(folder).absolute()
-    while not existing.exists() and existing != existing.parent:
-        existing = existing.parent
+    existing = nearest_existing(Path(folder).absolute())
     try:
         if not existing.is_dir():
             raise NotADirectoryError(20, f"{existing} is a file")

@@ -37,7 +37,7 @@ def atomic_write(path: Path, write: Callable[[IO[bytes]], None]) -> None:
         oserror = isinstance(err, OSError)
         reason = (err.strerror if oserror else None) or "the write stopped short"
         if oserror and err.errno in (errno.EEXIST, errno.ENOTDIR):  # a file where a folder goes
-            reason = f"{not_a_folder(path)} is a file, not a folder"
+            reason = f"{nearest_existing(path.parent)} is a file, not a folder"
         full = not oserror or err.errno in FULL
         raise WriteError(str(path), reason, full, WHERE.get()) from err
     finally:
@@ -45,9 +45,12 @@ def atomic_write(path: Path, write: Callable[[IO[bytes]], None]) -> None:
             tmp.unlink(missing_ok=True)
 
 
-def not_a_folder(path: Path) -> Path:
-    """The first of `path`'s folders that is there but is no folder (its parent if none)."""
-    return next((p for p in reversed(path.parents) if p.exists() and not p.is_dir()), path.parent)
+def nearest_existing(path: Path) -> Path:
+    """`path` if it exists, else the nearest of its folders that does (where a write to `path`
+    would begin; a file there is why it cannot)."""
+    while not path.exists() and path != path.parent:
+        path = path.parent
+    return path
 
 
 def write_text(path: Path, text: str) -> None:
