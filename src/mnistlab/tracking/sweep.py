@@ -36,7 +36,7 @@ from mnistlab.tracking.guard import Claim
 from mnistlab.tracking.provenance import origin_tags
 from mnistlab.tracking.records import child_rows
 from mnistlab.tracking.store import connect, redact, tracking_uri
-from mnistlab.tracking.workers import start_warming, stop_workers
+from mnistlab.tracking.workers import share_of_cores, start_warming, stop_workers
 
 log = logging.getLogger(__name__)
 
@@ -96,20 +96,19 @@ def child_context() -> dict[str, str] | None:
 
 
 def threads_per_job() -> int | None:
-    """Torch threads for one of N parallel joblib jobs: its share of the cores, else None. The
-    cores are those this process may use, as joblib counts them (its CPU affinity: taskset,
-    SLURM's cpuset; a container's CPU quota), not all the machine's; N is the launcher's
-    `n_jobs` as joblib reads it (-1: one per core), or the sweep's job count if fewer."""
+    """Torch threads for one of N parallel joblib jobs: its share of the cores (`share_of_cores`),
+    else None; N is the launcher's `n_jobs` as joblib reads it (-1: one per core), or the sweep's
+    job count if fewer."""
     if not in_multirun():
         return None
     launcher = HydraConfig.get().launcher
     if "Joblib" not in str(launcher.get("_target_", "")):
         return None
-    from joblib import cpu_count, effective_n_jobs
+    from joblib import effective_n_jobs
 
     n_jobs = effective_n_jobs(launcher.get("n_jobs"))
     size = int(os.environ.get(SIZE_ENV) or n_jobs)  # known for a sweep checked as a whole
-    return max(1, cpu_count() // max(1, min(n_jobs, size)))
+    return share_of_cores(min(n_jobs, size))
 
 
 def job_failed(err: Exception) -> float:

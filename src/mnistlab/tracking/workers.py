@@ -104,12 +104,19 @@ def warm_worker(n: int) -> int:
         import mlflow.entities  # noqa: F401
         import torch
         import torch._dynamo  # noqa: F401
-        from joblib import cpu_count
 
         warm_up()  # sets 1 thread, for the recorder process it was written for
-        torch.set_num_threads(max(1, cpu_count() // n))  # the jobs' on a GPU too
+        torch.set_num_threads(share_of_cores(n))  # the jobs' on a GPU too
         _warmed.append(os.getpid())
     return os.getpid()
+
+
+def share_of_cores(n: int) -> int:
+    """Torch threads for one of `n` jobs at once: its share of the cores this process may use,
+    as joblib counts them (its CPU affinity: taskset, SLURM's cpuset; a container's quota)."""
+    from joblib import cpu_count
+
+    return max(1, cpu_count() // max(1, n))
 
 
 def in_worker() -> bool:
