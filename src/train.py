@@ -5,7 +5,6 @@ Torch and MLflow are imported only once training starts, so `--help` and `--cfg 
 """
 
 import atexit
-import logging
 import os
 import shutil
 import sys
@@ -15,13 +14,7 @@ import hydra
 from omegaconf import DictConfig
 
 from mnistlab import tracking
-from mnistlab.cli import (
-    check_command_line,
-    exit_on_error,
-    jobs_checked,
-    sweeps_on_joblib,
-    trains_one_run,
-)
+from mnistlab.cli import check_command_line, exit_on_error, jobs_checked
 from mnistlab.config import CONF_DIR, register, validate
 from mnistlab.errors import UserError
 
@@ -36,7 +29,6 @@ def main(cfg: DictConfig) -> float:
     In a sweep a failed job is recorded and answers NaN, so the other jobs still run.
     """
     try:
-        tracking.job_started()  # in joblib's workers
         if not jobs_checked():
             validate(cfg)
         from mnistlab.recipe import run
@@ -78,8 +70,8 @@ def expand_repeats(argv: list[str]) -> list[str]:
 
 
 def run_and_exit() -> None:
-    """Check the command line, run `main`, then exit without tearing the interpreter down:
-    freeing torch's and MLflow's modules takes 1-2 s after everything is written."""
+    """Check the command line, run `main`, and exit with its status: 0, 1 if a sweep job
+    failed, 2 for a mistake, 130 when stopped by Ctrl-C or SIGTERM."""
     rank = int(os.environ.get("RANK", "0"))
     if rank > 0:  # torchrun's other processes: rank 0 alone writes outputs/ and logs
         scratch = tempfile.mkdtemp(prefix=f"mnistlab-rank{rank}-")
@@ -87,14 +79,9 @@ def run_and_exit() -> None:
         sys.argv += [f"hydra.run.dir={scratch}", "hydra.output_subdir=null"]
     try:
         sys.argv[1:] = expand_repeats(sys.argv[1:])
-        if rank == 0 and trains_one_run(sys.argv[1:]):  # MLflow loads there while torch does here
-            tracking.start_recorder_early()
-        elif rank == 0 and sweeps_on_joblib(sys.argv[1:]):  # the workers' imports, likewise
-            tracking.start_fork_server()
         tracking.STATE.command = sys.argv[1:]  # what the sweep records, without the check's mark
         sys.argv[1:] = check_command_line(sys.argv[1:])
     except Exception as err:  # one line, exit 2, before any job or MLflow run exists
-        tracking.stop_fork_server()
         if os.environ.get("HYDRA_FULL_ERROR") != "1":
             exit_on_error(err)
         raise
@@ -109,12 +96,7 @@ def run_and_exit() -> None:
         code = 130
     finally:
         tracking.finish("FAILED")  # a parent still open here stopped before its summary
-        tracking.stop_fork_server()  # if a sweep's ended before it forked its workers
-    atexit._run_exitfuncs()
-    logging.shutdown()
-    sys.stdout.flush()
-    sys.stderr.flush()
-    os._exit(code)
+    sys.exit(code)
 
 
 if __name__ == "__main__":

@@ -234,18 +234,16 @@ def test_the_check_marks_only_its_own_jobs_as_checked(tmp_path, monkeypatch):
     ]  # fmt: skip  (Hydra's flags: the jobs check themselves)
 
 
-def test_a_checked_sweep_runs_on_the_basic_sweeper_that_trusts_the_check(tmp_path, monkeypatch):
+def test_a_checked_sweep_tells_its_jobs_they_passed_and_how_many_there_are(tmp_path, monkeypatch):
     register()  # the typed schemas, as python -m train registers them
     from mnistlab.cli import CHECKED_ENV, check_command_line
-    from mnistlab.jobs import CHECKED_SWEEPER, SIZE_ENV
+    from mnistlab.jobs import SIZE_ENV
 
     monkeypatch.chdir(tmp_path)
     mark = f"++hydra.job.env_set.{CHECKED_ENV}=1"
     size = f"++hydra.job.env_set.{SIZE_ENV}=2"  # the jobs' number, for their share of the cores
-    trusting = f"hydra.sweeper._target_={CHECKED_SWEEPER}"
-    assert check_command_line(["-m", "data=synthetic", "seed=1,2"]) == [
-        "-m", "data=synthetic", "seed=1,2", mark, size, trusting,
-    ]  # fmt: skip
+    argv = ["-m", "data=synthetic", "seed=1,2"]
+    assert check_command_line(argv) == [*argv, mark, size]
     # Hydra's own when named: the mark and the size; Optuna's when chosen: only the mark (its
     # trials are not the jobs expanded here)
     named = ["-m", "data=synthetic", "seed=1,2", "hydra/sweeper=basic"]
@@ -257,13 +255,12 @@ def test_a_checked_sweep_runs_on_the_basic_sweeper_that_trusts_the_check(tmp_pat
     assert check_command_line(optuna) == [*optuna, mark]
 
 
-def test_the_trusting_sweeper_keeps_the_settings_of_the_basic_sweeper_a_preset_chose(tmp_path):
+def test_the_check_expands_the_jobs_of_a_basic_sweeper_a_preset_chose(tmp_path):
     register()  # the typed schemas, as python -m train registers them
-    # a preset in the user's own config dir picks a basic sweeper with params: the same 3 jobs
-    # must run, on the trusting sweeper
-    from mnistlab.cli import check_command_line
+    # a preset in the user's own config dir picks a basic sweeper with params: its 3 jobs
+    from mnistlab.cli import SIZE_ENV, check_command_line
     from mnistlab.config import CONF_DIR
-    from mnistlab.jobs import CHECKED_SWEEPER, sweep_jobs
+    from mnistlab.jobs import BASIC_SWEEPER, sweep_jobs
 
     (tmp_path / "hydra" / "sweeper").mkdir(parents=True)
     (tmp_path / "hydra" / "sweeper" / "grid.yaml").write_text(
@@ -276,8 +273,9 @@ def test_the_trusting_sweeper_keeps_the_settings_of_the_basic_sweeper_a_preset_c
     )
     overrides = ["data=synthetic", f"hydra.searchpath=[file://{tmp_path}]", "experiment=grid"]
     argv = check_command_line(["-m", *overrides])
+    assert argv[-1] == f"++hydra.job.env_set.{SIZE_ENV}=3"
     sweep = sweep_jobs(argv[1:], CONF_DIR)
-    assert sweep.sweeper == CHECKED_SWEEPER
+    assert sweep.sweeper == BASIC_SWEEPER
     assert [[o for o in job if o.startswith("seed=")] for job in sweep.jobs] == [
         ["seed=1"], ["seed=2"], ["seed=3"],
     ]  # fmt: skip
@@ -299,38 +297,4 @@ def test_a_sweep_over_the_checked_limit_is_left_for_its_jobs_to_check(tmp_path, 
     assert cli.check_command_line(argv) == argv
     assert cli.check_command_line(argv[:-1] + ["seed=range(0,3)"])[4:] == [
         f"++hydra.job.env_set.{cli.CHECKED_ENV}=1", f"++hydra.job.env_set.{cli.SIZE_ENV}=3",
-        f"hydra.sweeper._target_={cli.CHECKED_SWEEPER}",
     ]  # fmt: skip
-
-
-@pytest.mark.parametrize("marked", [True, False], ids=["marked", "unmarked"])
-def test_the_trusting_sweeper_composes_the_jobs_only_without_the_mark(marked):
-    # Hydra's real config loader and plugins make the sweeper, as in a sweep; a job that cannot
-    # be composed shows whether it composed the batch
-    from hydra._internal.callbacks import Callbacks
-    from hydra._internal.config_loader_impl import ConfigLoaderImpl
-    from hydra._internal.utils import create_config_search_path
-    from hydra.core.plugins import Plugins
-    from hydra.errors import MissingConfigException
-    from hydra.types import HydraContext, RunMode
-
-    from mnistlab.cli import CHECKED_ENV
-    from mnistlab.config import CONF_DIR
-    from mnistlab.jobs import CHECKED_SWEEPER
-
-    register()  # the typed schemas, as python -m train registers them
-    loader = ConfigLoaderImpl(config_search_path=create_config_search_path(CONF_DIR))
-    mark = [f"++hydra.job.env_set.{CHECKED_ENV}=1"] if marked else []
-    trusting = f"hydra.sweeper._target_={CHECKED_SWEEPER}"
-    config = loader.load_configuration("config", [trusting, *mark], run_mode=RunMode.MULTIRUN)
-    sweeper = Plugins.instance().instantiate_sweeper(
-        hydra_context=HydraContext(config_loader=loader, callbacks=Callbacks()),
-        task_function=lambda cfg: None, config=config,
-    )  # fmt: skip
-    assert type(sweeper).__name__ == "MnistlabBasicSweeper"
-    batch = [["seed=1"], ["model=no_such_model"]]
-    if marked:
-        sweeper.validate_batch_is_legal(batch)  # the command line's check composed them
-    else:
-        with pytest.raises(MissingConfigException, match="no_such_model"):
-            sweeper.validate_batch_is_legal(batch)

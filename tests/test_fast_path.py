@@ -46,24 +46,14 @@ def test_decoded_dataset_is_cached_and_a_corrupt_cache_is_rebuilt(data_root, tmp
     assert torch.equal(first.val.images, third.val.images)
 
 
-def test_epoch_1_spares_a_core_for_the_recorder_unless_threads_are_set_or_compiled():
+def test_cpu_threads_come_from_device_threads_then_a_sweep_jobs_share():
     before = torch.get_num_threads()
     try:
         base = ["data=synthetic", "data.train_size=256", "data.val_size=64", "device=cpu"]
-        spared = build_parts(compose([*base, "device.threads=3"]), spare=True)
-        assert spared.threads.count(1) == 3  # set by hand: kept
-        spared = build_parts(compose([*base, "device.compile=default"]), spare=True)
-        assert spared.threads.count(1) == spared.threads.full  # inductor fixes its count
-        torch.set_num_threads(2)
-        parts = build_parts(compose(base), spare=True)
-        assert (parts.threads.full, parts.threads.count(1), parts.threads.count(2)) == (2, 1, 2)
-        parts.threads.set_for(1)  # torch's count is per thread: set and read here
+        assert build_parts(compose([*base, "device.threads=3"]), threads=1).threads == 3
+        assert torch.get_num_threads() == 3  # set by hand: it wins over a job's share
+        assert build_parts(compose(base), threads=1).threads == 1
         assert torch.get_num_threads() == 1
-        parts.threads.set_for(2)
-        assert torch.get_num_threads() == 2
-        assert build_parts(compose(base)).threads.count(1) == 2  # no recorder: all of them
-        torch.set_num_threads(1)  # one thread: nothing to spare
-        assert build_parts(compose(base), spare=True).threads.count(1) == 1
     finally:
         torch.set_num_threads(before)
 

@@ -123,10 +123,9 @@ def test_stopped_mid_epoch_then_resumed_equals_an_uninterrupted_run(tmp_path, st
     assert all(torch.equal(weights_a[k], weights_b[k]) for k in weights_a)
 
 
-def test_a_run_stopped_in_epoch_1_resumes_on_the_threads_it_began_with(tmp_path):
-    # epoch 1 of a run that logs no MLflow model trains on all the threads; resumed by a command
-    # that would log one (and so spare a core in epoch 1), it still does: it ends bit for bit
-    # where the run that was never stopped ends
+def test_a_run_stopped_in_epoch_1_and_resumed_logging_more_ends_where_one_never_stopped(tmp_path):
+    # a run that logs no MLflow model, stopped mid-epoch 1 and resumed by a command that logs
+    # one, ends bit for bit where the run that was never stopped ends
     run = ["data=synthetic", "data.train_size=30000", "epochs=1", "device=cpu",
            "train.log_every=20", "mlflow.log_model=false"]  # fmt: skip
     (tmp_path / "straight").mkdir()
@@ -155,7 +154,6 @@ def test_a_run_stopped_in_epoch_1_resumes_on_the_threads_it_began_with(tmp_path)
     weights_a = torch.load(straight_dir / "model.pth")
     weights_b = torch.load(run_dir / "model.pth")
     assert all(torch.equal(weights_a[k], weights_b[k]) for k in weights_a)
-    assert "Epoch 1 trains on" not in resumed.stdout + resumed.stderr
 
 
 def test_a_resume_on_a_full_disk_is_told_to_free_space_and_keeps_its_checkpoint(tmp_path):

@@ -1,6 +1,5 @@
 """End-to-end runs on synthetic data, through the CLI and the Python function, checked in MLflow."""
 
-import contextlib
 import json
 import signal
 import sqlite3
@@ -10,13 +9,12 @@ import time
 from pathlib import Path
 
 import mlflow.pytorch
-import psutil
 import pytest
 import torch
 from mlflow import MlflowClient
 from omegaconf import OmegaConf
 
-from conftest import DATA_ROOT, cli_env, history, only_run, run_cli
+from conftest import DATA_ROOT, history, only_run, run_cli
 from mnistlab.config import compose
 from mnistlab.errors import NonFiniteLossError
 from mnistlab.loop import evaluate
@@ -33,7 +31,6 @@ EPOCH_METRICS = [
     "epoch_time_s",
 ]
 FAST = ["data=synthetic", "epochs=2", "train.log_every=10", "device=cpu"]
-FALLBACK = "logging the model here"  # the recorder process did not log the model
 
 
 def reevaluate(client: MlflowClient, run_id: str, dst: Path) -> float:
@@ -209,37 +206,6 @@ def test_passwords_in_store_uris_are_never_shown():
     assert redact("sqlite:////tmp/x/mlflow.db") == "sqlite:////tmp/x/mlflow.db"
 
 
-RECORDED = """
-import sys
-from pathlib import Path
-from mnistlab import tracking
-from mnistlab.config import compose
-
-out = Path(sys.argv[1])
-tracking.start_recorder_early()  # imports MLflow in its own process, as this one goes on
-cfg = compose([f"mlflow.tracking_uri=sqlite:///{out}/mlflow.db", "data=synthetic"])
-opener = tracking.store_opener(cfg)
-with tracking.Claim(out, "hydra.run.dir") as claim:
-    with tracking.open_run(cfg, claim, {"where": "recorder"}, None, opener) as run:
-        run.log_epoch(1, {"val/acc": 0.5}, {})
-        print(run.run_id, type(run.client).__name__, "mlflow" in sys.modules)
-"""
-
-
-def test_a_run_opened_by_the_recorder_from_python_is_recorded_whole(tmp_path):
-    # the store is opened and the run recorded by the recorder process: MLflow is never
-    # imported in the training process
-    proc = subprocess.run(
-        [sys.executable, "-c", RECORDED, str(tmp_path)], capture_output=True, text=True,
-        timeout=120,
-    )  # fmt: skip
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    client, run = only_run(f"sqlite:///{tmp_path}/mlflow.db")
-    assert proc.stdout.split()[-3:] == [run.info.run_id, "RemoteClient", "False"]
-    assert run.info.status == "FINISHED" and run.data.tags["where"] == "recorder"
-    assert run.data.metrics["val/acc"] == 0.5 and run.data.params["lr"] == "0.001"
-
-
 USER_MODEL = '''
 from typing import Annotated
 
@@ -272,9 +238,9 @@ def test_a_users_own_model_in_their_own_folder_trains_and_is_checked_by_its_sign
     args = ["--config-dir", "my_conf", "model=tiny", *FAST, "epochs=1"]
     result = run_cli(args, cwd=tmp_path, PYTHONPATH=str(tmp_path))
     assert result.returncode == 0, result.stderr[-3000:]
-    assert "logged by the recorder process" in result.stdout + result.stderr  # it imported it too
     _, run = only_run(f"sqlite:///{tmp_path / 'mlruns' / 'mlflow.db'}")
     assert run.info.status == "FINISHED" and run.data.params["model.width"] == "32"
+    assert "model_uri" in run.data.tags  # its MLflow model is logged too
     for bad, message in [
         ("model.width=abc", "Error: model.width: Value 'abc' of type 'str' could not be converted"),
         ("model.width=0", "Error: model.width=0 is invalid: use a width >= 1"),
@@ -315,17 +281,11 @@ def test_the_record_is_complete_when_the_command_returns(tmp_path):
     inputs = run.inputs.dataset_inputs
     contexts = {t.value for d in inputs for t in d.tags if t.key.endswith("context")}
     assert contexts == {"train", "val", "test"}
-    said = result.stdout + result.stderr  # the model is logged after the log's upload
-    assert "logged by the recorder process" in said and FALLBACK not in said  # as the plots drew
     check_model(run, tmp_path)
-    # epoch 1 left a core to the recorder as it warmed the export up; epoch 2 had all of them
+    # every epoch trains on torch's default threads
     default = subprocess.run([sys.executable, "-c", "import torch; print(torch.get_num_threads())"],
                              capture_output=True, text=True, check=True).stdout.strip()  # fmt: skip
     assert run.data.tags["torch.threads"] == default
-    if int(default) > 1:
-        assert run.data.tags["torch.threads.epoch_1"] == str(int(default) - 1)
-        assert f"Epoch 1 trains on {int(default) - 1} of {default} CPU threads" in log
-        assert "Epoch 2 trains on" not in log
     journal = Path(run.data.tags["hydra.output_dir"]) / "metrics.jsonl"
     assert [json.loads(line)["epoch"] for line in journal.read_text().splitlines()] == [1, 2]
 
@@ -337,62 +297,32 @@ def check_model(run, tmp_path: Path) -> None:
     output_dir = Path(run.data.tags["hydra.output_dir"])
     saved = torch.load(output_dir / "model.pth")
     assert all(torch.equal(saved[k], v) for k, v in exported.state_dict().items())
-    assert not (output_dir / ".model-export.pt").exists()  # the model handed over
 
 
-@pytest.mark.parametrize("when", ["at once", "at the hand-over"])
-def test_the_run_goes_on_without_its_recorder_process_if_it_dies(tmp_path, when):
-    # the recorder (which opens the store, takes the run's MLflow calls and exports its model)
-    # is killed as soon as it starts; or stopped after the first epoch (its calls then wait)
-    # and killed once the run handed it the model: the run opens the store itself, logs what
-    # was left and its model, and ends FINISHED
-    cmd = [sys.executable, "-m", "train", *FAST]
-    train_cmd = subprocess.Popen(cmd, cwd=tmp_path, env=cli_env(), stdout=subprocess.DEVNULL,
-                                 stderr=subprocess.DEVNULL)  # fmt: skip
-    recorder = None
-    try:
-        recorder = child_process(train_cmd, "mnistlab.tracking.recorder")
-        if when == "at the hand-over":
-            log = wait_for(lambda: next(tmp_path.glob("outputs/*/*/train.log"), None))
-            wait_for(lambda: "Epoch 1/2: " in log.read_text() or None)
-            recorder.suspend()
-            wait_for(lambda: (log.parent / ".model-export.pt").exists() or None)
-        recorder.kill()
-        assert train_cmd.wait(timeout=300) == 0
-    finally:  # nothing left behind if the test fails
-        train_cmd.kill()
-        if recorder is not None:
-            with contextlib.suppress(psutil.Error):
-                recorder.kill()
-    client, run = only_run(f"sqlite:///{tmp_path}/mlruns/mlflow.db")
-    assert run.info.status == "FINISHED"
-    output_dir = Path(run.data.tags["hydra.output_dir"])
-    assert "MLflow recorder process lost" in (output_dir / "train.log").read_text()
-    assert [m.step for m in client.get_metric_history(run.info.run_id, "val/acc")] == [1, 2]
-    artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
-    assert {"model.pth", "config.yaml", "data.json", "plots", ".hydra", "train.log"} <= artifacts
-    check_model(run, tmp_path)
-
-
-def child_process(parent: subprocess.Popen, module: str) -> psutil.Process:
-    """The child process of `parent` whose command line names `module`, once it has started."""
-
-    def named(child: psutil.Process) -> bool:
-        with contextlib.suppress(psutil.Error):  # a short-lived one (git, say) already gone
-            return module in " ".join(child.cmdline())
-        return False
-
-    return wait_for(lambda: next(filter(named, psutil.Process(parent.pid).children()), None))
-
-
-def wait_for(found, timeout: float = 120):
-    """What `found()` returns once it returns something, polled for up to `timeout` s."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if (value := found()) is not None:
-            return value
-        time.sleep(0.01)
-    raise AssertionError(f"nothing found in {timeout} s")
+def test_what_is_logged_never_changes_what_is_trained(tmp_path):
+    # the same config and seed, with the MLflow model, the plots and the system metrics logged
+    # or not: the same weights and the same metrics every epoch, bit for bit
+    outputs = {}
+    for name, logged in [("all", "true"), ("none", "false")]:
+        (tmp_path / name).mkdir()
+        args = [*FAST, "seed=3", f"mlflow.log_model={logged}", f"train.plots={logged}",
+                f"mlflow.system_metrics={logged}"]  # fmt: skip
+        result = run_cli(args, cwd=tmp_path / name)
+        assert result.returncode == 0, result.stderr[-3000:]
+        _, run = only_run(f"sqlite:///{tmp_path / name / 'mlruns' / 'mlflow.db'}")
+        assert ("model_uri" in run.data.tags) == (logged == "true")
+        outputs[name] = Path(run.data.tags["hydra.output_dir"])
+    weights = {name: torch.load(out / "model.pth") for name, out in outputs.items()}
+    assert weights["all"].keys() == weights["none"].keys()
+    assert all(torch.equal(weights["all"][k], weights["none"][k]) for k in weights["all"])
+    timing = ("epoch_time_s", "train/samples_per_s")
+    epochs = {
+        name: [{k: v for k, v in json.loads(line)["metrics"].items() if k not in timing}
+               for line in (out / "metrics.jsonl").read_text().splitlines()]
+        for name, out in outputs.items()
+    }  # fmt: skip
+    assert len(epochs["all"]) == 2 and epochs["all"] == epochs["none"]
+    assert (outputs["all"] / "plots").is_dir() and not (outputs["none"] / "plots").exists()
 
 
 def test_a_deleted_experiment_is_one_line_before_any_training(tmp_path):
@@ -408,34 +338,3 @@ def test_a_deleted_experiment_is_one_line_before_any_training(tmp_path):
     assert "Traceback" not in result.stderr
     assert "Epoch 1/30" not in result.stdout + result.stderr  # refused before training
     assert len(client.search_runs([client.get_experiment_by_name("gone").experiment_id])) == 0
-
-
-def test_new_stores_start_from_an_empty_template_made_once_per_mlflow_version(tmp_path):
-    # MLflow's schema migrations run once, into ~/.cache/mnistlab; later new stores copy it
-    cache, runs = tmp_path / "cache", []
-    for name in ("first", "second"):
-        (tmp_path / name).mkdir()
-        result = run_cli([*FAST, "epochs=1"], cwd=tmp_path / name, XDG_CACHE_HOME=str(cache))
-        assert result.returncode == 0, result.stderr[-3000:]
-        migrated = "Creating initial MLflow database tables" in result.stdout + result.stderr
-        assert migrated == (name == "first")  # the second store was a copy: no migrations
-        runs.append(only_run(f"sqlite:///{tmp_path / name / 'mlruns' / 'mlflow.db'}"))
-    (template,) = cache.glob("mnistlab/mlflow-*-empty.db")
-    with sqlite3.connect(template) as con:
-        assert con.execute("SELECT count(*) FROM experiments").fetchone() == (0,)
-        assert con.execute("SELECT count(*) FROM runs").fetchone() == (0,)
-    for name, (client, run) in zip(("first", "second"), runs, strict=True):
-        assert run.info.status == "FINISHED"
-        default = client.get_experiment("0")  # made by MLflow for this store, not the template
-        assert default.name == "Default" and str(tmp_path / name) in default.artifact_location
-        assert run.info.artifact_uri.startswith((tmp_path / name / "mlruns").as_uri())
-        assert {a.path for a in client.list_artifacts(run.info.run_id)} >= {"model.pth", "plots"}
-    blocked = tmp_path / "not-a-folder"  # a cache that cannot be written: MLflow builds the store
-    blocked.write_text("")
-    (tmp_path / "third").mkdir()
-    result = run_cli([*FAST, "epochs=1"], cwd=tmp_path / "third", XDG_CACHE_HOME=str(blocked))
-    assert result.returncode == 0, result.stderr[-3000:]
-    assert "Creating initial MLflow database tables" in result.stdout + result.stderr
-    _, run = only_run(f"sqlite:///{tmp_path / 'third' / 'mlruns' / 'mlflow.db'}")
-    assert run.info.status == "FINISHED"
-    assert [p.name for p in (tmp_path / "third" / "mlruns").iterdir() if p.suffix == ".tmp"] == []

@@ -16,14 +16,7 @@ from mnistlab import tracking
 from mnistlab.config import CONF_DIR, compose, rule_of, validate
 from mnistlab.errors import UserError, exit_code, one_line
 from mnistlab.files import nearest_existing
-from mnistlab.jobs import (
-    BASIC_SWEEPER,
-    BASIC_SWEEPERS,
-    CHECKED_SWEEPER,
-    SIZE_ENV,
-    Sweep,
-    sweep_jobs,
-)
+from mnistlab.jobs import BASIC_SWEEPER, SIZE_ENV, Sweep, sweep_jobs
 
 CHECKED_ENV = "MNISTLAB_JOBS_CHECKED"  # set once every job's config passed `validate`
 MAX_CHECKED = 1000  # a sweep of more jobs is checked up to here; every job then checks itself
@@ -164,34 +157,6 @@ def check_server_meanwhile(cfg: DictConfig) -> Callable[[], None]:
     return wait
 
 
-def trains(argv: list[str]) -> bool:
-    """Whether a command line may train: no flag of Hydra's that answers without training
-    (--cfg, --help)."""
-    config_flags = {"-cp", "--config-path", "-cn", "--config-name", "-cd", "--config-dir"}
-    flags = {a.split("=", 1)[0] for a in argv if a.startswith("-") and not is_multirun([a])}
-    return not (flags - config_flags)
-
-
-def trains_one_run(argv: list[str]) -> bool:
-    """Whether a command line may train one run: no sweep, no flag that answers without
-    training."""
-    return trains(argv) and not is_multirun(argv)
-
-
-def sweeps_on_joblib(argv: list[str]) -> bool:
-    """Whether a command line sweeps with joblib's launcher, named on it, in two or more
-    processes (`hydra.launcher.n_jobs`, else all the cores)."""
-    settings = dict(a.lstrip("+").split("=", 1) for a in argv if "=" in a)
-    if not (trains(argv) and is_multirun(argv)) or settings.get("hydra/launcher") != "joblib":
-        return False
-    from joblib import effective_n_jobs
-
-    try:
-        return effective_n_jobs(int(settings.get("hydra.launcher.n_jobs", -1))) >= 2
-    except ValueError:  # the config check names the bad value
-        return False
-
-
 def jobs_checked() -> bool:
     """Whether this job's config was validated before Hydra started: the basic sweeper's jobs
     were; a job of another sweeper (Optuna's values), of a sweep of over MAX_CHECKED jobs, or of
@@ -230,7 +195,7 @@ def check_command_line(argv: list[str]) -> list[str]:
             settings = [o.input_line for o in parsed if o.is_hydra_override()]
             sweep = sweep_jobs(overrides, CONF_DIR, max_jobs=MAX_CHECKED)
             jobs = [settings + job for job in sweep.jobs]
-            marks = sweep_marks(sweep, overrides) if sweep.complete else []
+            marks = sweep_marks(sweep) if sweep.complete else []
         configs = [compose(job) for job in jobs]
         server_checked = check_server_meanwhile(configs[0])
         stores = {}
@@ -249,18 +214,11 @@ def check_command_line(argv: list[str]) -> list[str]:
     return [*argv, *marks]  # set in this command's jobs only
 
 
-def sweep_marks(sweep: Sweep, overrides: list[str]) -> list[str]:
+def sweep_marks(sweep: Sweep) -> list[str]:
     """What a sweep whose every job is checked adds to its command line: the mark its jobs read
-    (`jobs_checked`), its number of jobs (parallel jobs share the cores among no more than that:
-    `tracking.threads_per_job`), and, where Hydra's basic sweeper runs it and the command line
-    names no sweeper (nor its `_target_`), the same sweeper without its second composition of
-    each job's config (hydra_plugins.mnistlab_basic_sweeper), its settings kept (a preset's
-    params)."""
+    (`jobs_checked`) and, where Hydra's basic sweeper runs it, its number of jobs (parallel jobs
+    share the cores among no more than that: `tracking.threads_per_job`)."""
     marks = [f"++hydra.job.env_set.{CHECKED_ENV}=1"]
-    if sweep.sweeper in BASIC_SWEEPERS:  # its jobs are those (Optuna's trials are not)
+    if sweep.sweeper == BASIC_SWEEPER:  # its jobs are those (Optuna's trials are not)
         marks.append(f"++hydra.job.env_set.{SIZE_ENV}={len(sweep.jobs)}")
-    named = any(o.lstrip("+~").startswith(("hydra/sweeper", "hydra.sweeper._target_"))
-                for o in overrides)  # fmt: skip
-    if sweep.sweeper == BASIC_SWEEPER and not named:
-        marks.append(f"hydra.sweeper._target_={CHECKED_SWEEPER}")
     return marks

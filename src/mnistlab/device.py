@@ -1,8 +1,6 @@
-"""Resolve `cfg.device` to a torch device, failing at setup when the hardware is not there;
-and share the CPU's cores with the run's helper process."""
+"""Resolve `cfg.device` to a torch device, failing at setup when the hardware is not there."""
 
 import contextlib
-from dataclasses import dataclass
 
 import torch
 from torch import nn
@@ -49,27 +47,3 @@ def compiled(model: nn.Module, mode: Compile | str) -> nn.Module:
     """
     mode = Compile(mode)
     return model if mode is Compile.off else torch.compile(model, mode=mode.value)
-
-
-@dataclass
-class Threads:
-    """torch's intra-op CPU threads: `full`, but one fewer in epoch 1 if `spare` (a helper
-    process of the run works on the other core then: the MLflow recorder warming the model
-    export up).
-
-    A step's OpenMP threads wait for each other at every op, so a helper that keeps one of them
-    off its core costs training far more than its share: on 2 cores, the first 150 steps of the
-    tutorial recipe took 2.5 s instead of 0.4 s while the recorder warmed up; on one thread,
-    0.5 s. The count depends on the epoch alone, never on when the helper is done: torch's
-    results change with it, and a run must reproduce exactly, resumed or not."""
-
-    full: int
-    spare: bool = False
-
-    def count(self, epoch: int) -> int:
-        """The threads that epoch `epoch` trains and evaluates on."""
-        return self.full - 1 if self.spare and epoch == 1 and self.full > 1 else self.full
-
-    def set_for(self, epoch: int) -> None:
-        """Set them for `epoch`, in the thread that trains: torch's count is per thread."""
-        torch.set_num_threads(self.count(epoch))

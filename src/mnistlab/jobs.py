@@ -30,10 +30,7 @@ if TYPE_CHECKING:
     from hydra.core.override_parser.types import Override
     from omegaconf import DictConfig
 
-BASIC_SWEEPER = "hydra._internal.core_plugins.basic_sweeper.BasicSweeper"
-# the same, trusting `python -m train`'s check of every job (hydra_plugins.mnistlab_basic_sweeper)
-CHECKED_SWEEPER = "hydra_plugins.mnistlab_basic_sweeper.MnistlabBasicSweeper"
-BASIC_SWEEPERS = (BASIC_SWEEPER, CHECKED_SWEEPER)
+BASIC_SWEEPER = "hydra._internal.core_plugins.basic_sweeper.BasicSweeper"  # Hydra's default
 SIZE_ENV = "MNISTLAB_SWEEP_SIZE"  # in a sweep's jobs: how many jobs it has, where known
 
 
@@ -62,7 +59,7 @@ def _sweeper_params(cfg: DictConfig) -> list[str]:
     from omegaconf import OmegaConf
 
     sweeper = cfg.hydra.sweeper
-    if sweeper.get("_target_") not in BASIC_SWEEPERS or sweeper.get("params") is None:
+    if sweeper.get("_target_") != BASIC_SWEEPER or sweeper.get("params") is None:
         return []
     params = OmegaConf.to_container(sweeper.params, resolve=True)
     return [f"{key}={value}" for key, value in params.items()]

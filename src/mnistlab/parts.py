@@ -5,7 +5,6 @@ class count to the model, the model's parameters to the optimizer.
 """
 
 import re
-from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -17,10 +16,9 @@ from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
 from mnistlab import distributed
 from mnistlab.data import Dataset
-from mnistlab.device import Threads, compiled, resolve_device
+from mnistlab.device import compiled, resolve_device
 from mnistlab.errors import UserError
 from mnistlab.loop import steps_per_epoch
-from mnistlab.options import Compile
 from mnistlab.schedules import Schedule
 
 
@@ -36,7 +34,7 @@ class Parts:
     device: torch.device
     schedule: Schedule
     ema: AveragedModel | None = None
-    threads: Threads | None = None  # on the CPU: torch's threads, by epoch
+    threads: int | None = None  # on the CPU: torch's intra-op threads
 
     @property
     def evaluated(self) -> nn.Module:
@@ -62,15 +60,9 @@ def build_part(node: DictConfig, key: str, **runtime):
         raise
 
 
-def build_parts(
-    cfg: DictConfig, threads: int | None = None, spare: bool = False,
-    model_built: Callable[[], None] | None = None,
-) -> Parts:  # fmt: skip
-    """The data on this process's device, and the model and optimizer for it. `spare`: a
-    helper process works through epoch 1, which then trains on one CPU thread fewer (unless
-    device.threads is set, or the model compiled: inductor fixes its count as it compiles).
-    `model_built` is called once the data and the model are there, before the optimizer is
-    built (the first one imports torch._dynamo: a second or two)."""
+def build_parts(cfg: DictConfig, threads: int | None = None) -> Parts:
+    """The data on this process's device, and the model and optimizer for it. `threads`: torch's
+    CPU threads (a sweep job's share of the cores), unless device.threads sets them."""
     device = distributed.setup(resolve_device(cfg.device.type))  # under torchrun: this rank's
     threads = cfg.device.threads or threads or distributed.cpu_threads()  # share the cores
     if threads and device.type == "cpu":
@@ -82,8 +74,6 @@ def build_parts(
         data = data.train_subset(cfg.train.overfit_batches * cfg.batch_size)
     model = build_part(cfg.model, "model", in_shape=data.in_shape, num_classes=data.num_classes)
     model = model.to(device)
-    if model_built is not None:
-        model_built()
     optimizer = build_part(cfg.optimizer, "optimizer", params=model.parameters())
     schedule = build_part(
         cfg.scheduler, "scheduler", optimizer=optimizer, epochs=cfg.epochs,
@@ -94,6 +84,5 @@ def build_parts(
         ema_fn = get_ema_multi_avg_fn(cfg.train.ema_decay)
         ema = AveragedModel(model, multi_avg_fn=ema_fn, use_buffers=True)
     net = distributed.wrap(compiled(model, cfg.device.compile))  # shares model's parameters
-    spare = spare and not cfg.device.threads and Compile(cfg.device.compile) is Compile.off
-    cpu = Threads(torch.get_num_threads(), spare) if device.type == "cpu" else None
+    cpu = torch.get_num_threads() if device.type == "cpu" else None
     return Parts(data, model, net, optimizer, device, schedule, ema, cpu)

@@ -82,10 +82,9 @@ def run(cfg: DictConfig, output_dir: str | Path | None = None) -> float:
         then = "rerun"
     claim = tracking.Claim(output_dir, key, then) if rank0 else None  # rank 0 records the run
     with claim or contextlib.nullcontext(), advising(where):  # a failed write: what to change
-        opener = tracking.store_opener(cfg) if claim else None  # the recorder, if started
-        parts, state = build(cfg, start, opener)
+        parts, state = build(cfg, start)
         with (
-            open_tracker(cfg, claim, opener, parts, start) as tracker,
+            open_tracker(cfg, claim, parts, start) as tracker,
             StopRequest().installed() as stop,
             logging_redirect_tqdm(),
         ):
@@ -102,19 +101,13 @@ def run(cfg: DictConfig, output_dir: str | Path | None = None) -> float:
     return state.best_val_acc
 
 
-def build(cfg: DictConfig, start: Start, opener: Any) -> tuple[Parts, TrainState]:
-    """Seed, then build the parts; the recorder process (`opener`, if any) warms up meanwhile
-    (a core spared for it in epoch 1) and, for a new run, opens the store once the model is
-    built. A resumed run's parts come back as its checkpoint left them."""
+def build(cfg: DictConfig, start: Start) -> tuple[Parts, TrainState]:
+    """Seed, then build the parts (before the store is opened: a run stopped by a missing
+    dataset, or a model that does not fit it, writes no record). A resumed run's parts come
+    back as its checkpoint left them."""
     save_hydra_files(cfg, start.output_dir)
     seed_everything(cfg.seed)
-    spare = bool(opener and opener.warms_up)
-    if start.checkpoint:  # epoch 1 on the threads it began with: the same numbers
-        spare = bool(start.checkpoint.get("spare_epoch_1", False))
-    # a resumed run's store waits until its checkpoint is found to fit
-    early = opener.start if opener and not start.checkpoint else None
-    threads = tracking.threads_per_job()
-    parts = build_parts(cfg, threads=threads, spare=spare, model_built=early)
+    parts = build_parts(cfg, threads=tracking.threads_per_job())
     state = TrainState()
     if start.checkpoint:  # a checkpoint that does not fit fails here, before the store
         checkpoint.restore(start.checkpoint, parts)
@@ -173,23 +166,20 @@ def resumed_config(cfg: DictConfig, saved: dict) -> DictConfig:
 
 
 @contextlib.contextmanager
-def open_tracker(cfg: DictConfig, claim: Any, opener: Any, parts: Parts, start: Start):
-    """The run's tracker: its MLflow run on rank 0 (its store opened by `opener`, if any),
-    opened or reopened; nothing elsewhere."""
+def open_tracker(cfg: DictConfig, claim: Any, parts: Parts, start: Start):
+    """The run's tracker: its MLflow run on rank 0, opened or reopened; nothing elsewhere."""
     if claim is None:
         yield tracking.NoTracker()
         return
     tags = {
         "device": str(parts.device),
-        "torch.threads": str(parts.threads.full if parts.threads else torch.get_num_threads()),
+        "torch.threads": str(parts.threads or torch.get_num_threads()),
         "distributed.world_size": str(distributed.world_size()),
     }
-    if parts.threads and parts.threads.count(1) != parts.threads.full:
-        tags["torch.threads.epoch_1"] = str(parts.threads.count(1))
     if group_choice("debug"):  # so the UI can filter debug runs away
         tags["debug"] = group_choice("debug")
     resume = start.checkpoint and (start.checkpoint["run_id"], start.checkpoint["state"].epoch)
-    with tracking.open_run(cfg, claim, tags, resume or None, opener) as tracker:
+    with tracking.open_run(cfg, claim, tags, resume or None) as tracker:
         state = start.checkpoint["state"] if start.checkpoint else TrainState()
         where = f"epoch {state.epoch + 1}" + (f" step {state.step + 1}" if state.step else "")
         uri = tracking.redact(tracking.tracking_uri(cfg))
@@ -251,12 +241,6 @@ def run_epoch(
     process draws the run's plots)."""
     stop, tracker, output_dir = where
     epoch, start = state.epoch + 1, time.perf_counter() - state.elapsed_s
-    if parts.threads is not None:
-        parts.threads.set_for(epoch)
-        if parts.threads.count(epoch) < parts.threads.full:
-            log.info(f"Epoch {epoch} trains on {parts.threads.count(epoch)} of "
-                     f"{parts.threads.full} CPU threads, leaving a core to the recorder process "
-                     "as it warms the MLflow model export up")  # fmt: skip
     try:
         train_m = train_epoch(parts, state, opts, stop)
     except EpochInterrupted:
@@ -294,8 +278,7 @@ def save_checkpoints(cfg, parts: Parts, state: TrainState, tracker, output_dir: 
         return
     last, best = output_dir / "last.pth", output_dir / "best.pth"
     config = OmegaConf.to_container(cfg, resolve=True, enum_to_str=True)
-    about = {"run_id": tracker.run_id, "config": config, "data": parts.data.info(),
-             "spare_epoch_1": bool(parts.threads and parts.threads.spare)}  # fmt: skip
+    about = {"run_id": tracker.run_id, "config": config, "data": parts.data.info()}
     checkpoint.save_checkpoint(last, parts, state, **about)
     if improved:
         shutil.copyfile(last, output_dir / ".best.pth.tmp")
@@ -309,9 +292,8 @@ def finish(
     cfg, parts: Parts, state: TrainState, tracker, output_dir: Path, tested: Predictions | None
 ) -> None:
     """Write the run's outputs and add them to its record: the weights, the resolved config,
-    the data facts, the MLflow model (exported by a process of its own while the plots are
-    drawn), the plots (from `tested`, the last epoch's predictions on the test split, if it
-    trained one), Hydra's files and the log."""
+    the data facts, the MLflow model, the plots (from `tested`, the last epoch's predictions on
+    the test split, if it trained one), Hydra's files and the log."""
     model = parts.ema.module if parts.ema is not None else parts.model  # the weights evaluated
     checkpoint.save_weights(model, output_dir / "model.pth")
     write_text(output_dir / "config.yaml", tracking.redact(OmegaConf.to_yaml(cfg, resolve=True)))

@@ -5,7 +5,7 @@ from pathlib import Path
 
 import torch
 
-from mnistlab import forked, plots
+from mnistlab import plots
 from mnistlab.loop import Predictions, evaluate
 
 
@@ -19,8 +19,7 @@ def draw_run_plots(
     model, data, history: dict, folder: Path, tested: Predictions | None = None, mistakes: int = 24
 ) -> list[Path]:
     """The four plots of a run, from the per-epoch `history` ({key: [(epoch, value)]}) and the
-    model's predictions on the test split: `tested`, from its last evaluation, else made here.
-    Two of them are drawn by a forked process while this one draws the other two."""
+    model's predictions on the test split: `tested`, from its last evaluation, else made here."""
     folder.mkdir(parents=True, exist_ok=True)
     if tested is None:
         tested = evaluate(model, data, data.test, 1000, predict=True)["predictions"]
@@ -31,12 +30,11 @@ def draw_run_plots(
     paths = [folder / name for name in ("learning_curves.png", "confusion_matrix.png",
              "per_class_accuracy.png", "misclassified.png")]  # fmt: skip
     acc = matrix.diag().sum().item() / max(1, matrix.sum().item())
-    forked.call_all([
-        (plots.learning_curves, history, paths[0]),
-        (plots.confusion_matrix, matrix, data.classes, paths[1], f"test accuracy {acc:.4f}"),
-        (plots.per_class_accuracy, per_class, data.classes, paths[2]),
-        (plots.misclassified_grid, data.test.images[worst].cpu().numpy(),
-         labels[worst].tolist(), preds[worst].tolist(), confidence[worst].tolist(), data.classes,
-         paths[3]),
-    ], folder)  # fmt: skip
+    plots.learning_curves(history, paths[0])
+    plots.confusion_matrix(matrix, data.classes, paths[1], f"test accuracy {acc:.4f}")
+    plots.per_class_accuracy(per_class, data.classes, paths[2])
+    plots.misclassified_grid(
+        data.test.images[worst].cpu().numpy(), labels[worst].tolist(), preds[worst].tolist(),
+        confidence[worst].tolist(), data.classes, paths[3],
+    )  # fmt: skip
     return paths

@@ -6,11 +6,9 @@ The one way in: the rest of mnistlab imports `mnistlab.tracking` and uses these 
   artifact, the model); it closes the run with its status. `NoTracker` logs nothing.
 - `Claim` holds a run's output dir (a lock file) and starts the watchdog that closes the run if
   the process dies; the journal and the background sender live in the tracker.
-  `start_recorder_early` starts, first thing, the process that opens a single run's store,
-  takes its MLflow calls and logs its MLflow model.
-- Store: `tracking_uri`, `check_store`, `store_opener`, `how_to_open`, `redact`.
+- Store: `tracking_uri`, `check_store`, `how_to_open`, `redact`.
 - Sweeps: `SweepCallback` (in conf/config.yaml), `in_multirun`, `threads_per_job`,
-  `job_started` (in a joblib worker: its quick exit), `job_failed`, `finish`.
+  `job_failed`, `finish`.
 - Reading runs back: `run_status`, `run_checkpoint`, `download_model_files`, `log_results`,
   `existing_store`, and for comparisons `run_row`, `child_rows`, and seeds folded into configs
   (`by_config`, `table_by_config`, `write_by_config`).
@@ -32,7 +30,6 @@ from mnistlab.tracking.lookup import (
     run_checkpoint,
     run_status,
 )
-from mnistlab.tracking.recorder import start_recorder_early, store_opener
 from mnistlab.tracking.records import child_rows, run_row
 from mnistlab.tracking.registry import Promotion, promote, resolve_model_uri
 from mnistlab.tracking.run import flatten, open_run
@@ -63,7 +60,6 @@ from mnistlab.tracking.trials import (
     study_storage,
     trial_reporter,
 )
-from mnistlab.tracking.workers import job_started, start_fork_server, stop_fork_server
 
 
 class Tracker(Protocol):
@@ -135,7 +131,6 @@ __all__ = [
     "flatten",
     "how_to_open",
     "in_multirun",
-    "job_started",
     "job_failed",
     "log_results",
     "open_run",
@@ -146,10 +141,6 @@ __all__ = [
     "run_row",
     "run_status",
     "sqlite_path",
-    "start_fork_server",
-    "start_recorder_early",
-    "stop_fork_server",
-    "store_opener",
     "table_by_config",
     "threads_per_job",
     "tracking_uri",

@@ -9,7 +9,7 @@ with its metrics kept in the journal.
 import logging
 import re
 import traceback
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -18,11 +18,9 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
 from mnistlab.errors import TrackingUnavailable
-from mnistlab.tracking.exporter import Exporter
 from mnistlab.tracking.guard import Claim
 from mnistlab.tracking.lineage import config_digest
 from mnistlab.tracking.provenance import origin_tags
-from mnistlab.tracking.recorder import RemoteClient, on_store, release
 from mnistlab.tracking.store import connect, redact, tracking_uri
 from mnistlab.tracking.sweep import child_context
 from mnistlab.tracking.tracker import MlflowTracker
@@ -82,7 +80,7 @@ def new_run(client: Any, experiment_id: str, cfg: DictConfig, output_dir: Path, 
         "hydra.overrides": redact(" ".join(context["overrides"])),
         "config_digest": config_digest(cfg), **tags, **child,
     }  # fmt: skip
-    return on_store(client, create_run, experiment_id, all_tags, run_name, run_params(cfg))
+    return create_run(client, experiment_id, all_tags, run_name, run_params(cfg))
 
 
 def create_run(
@@ -106,23 +104,21 @@ def reopen(client: Any, run_id: str) -> None:
 
 @contextmanager
 def open_run(
-    cfg: DictConfig, claim: Claim, tags: dict[str, str], resume: tuple[str, int] | None = None,
-    opener: Callable[[], tuple[Any, str]] | None = None,
-) -> Iterator[MlflowTracker]:  # fmt: skip
+    cfg: DictConfig, claim: Claim, tags: dict[str, str], resume: tuple[str, int] | None = None
+) -> Iterator[MlflowTracker]:
     """The run of `claim.folder`, opened and watched, ended with a status on the way out.
 
     `tags` adds the run's own (the resolved device, say); `resume` is (run id, last epoch of
-    its checkpoint) to reopen a run; `opener` opens the store (`store_opener(cfg)`: in the
-    recorder process), else `connect` does, here.
+    its checkpoint) to reopen a run.
     """
-    client, experiment_id = opener() if opener else connect(cfg)
+    client, experiment_id = connect(cfg)
     uri, output_dir = tracking_uri(cfg), claim.folder
     try:  # runs left RUNNING by a process killed with its watchdog (a container killed whole)
-        on_store(client, close_abandoned, experiment_id, uri)
+        close_abandoned(client, experiment_id, uri)
     except Exception as err:  # tidying up after others never stops this run
         log.warning(f"could not close abandoned runs: {type(err).__name__}: {err}")
     if resume:
-        on_store(client, reopen, resume[0])
+        reopen(client, resume[0])
     run_id = resume[0] if resume else new_run(client, experiment_id, cfg, output_dir, tags)
     claim.watch(uri, run_id, hint="it had saved no checkpoint: start it again")
     run = MlflowTracker(client, run_id, experiment_id, uri, output_dir, cfg.mlflow.offline_wait_s)
@@ -131,10 +127,6 @@ def open_run(
     if cfg.mlflow.get("system_metrics", True):
         run.start_system_metrics(resume=bool(resume))
     with closing(run):
-        # a single run's recorder process logs its MLflow model, warmed up while it trains; a
-        # sweep's worker imports what the export needs once, for all its jobs
-        if cfg.mlflow.log_model and isinstance(client, RemoteClient):
-            run.exporter = Exporter(client.recorder)
         yield run
 
 
@@ -152,7 +144,6 @@ def closing(run: MlflowTracker) -> Iterator[None]:
         raise
     except (Exception, KeyboardInterrupt) as err:  # failed, or KILLED by a signal: say why
         status = "KILLED" if isinstance(err, KeyboardInterrupt) else "FAILED"
-        run.abandon_model()
         try:
             run.flush()
         except TrackingUnavailable:
@@ -163,9 +154,6 @@ def closing(run: MlflowTracker) -> Iterator[None]:
             run.client.log_text(run.run_id, traceback.format_exc(), "traceback.txt")
         raise
     finally:
-        if run.exporter is not None:  # its handed file, if still there
-            run.exporter.close()
         run.stop_system_metrics(send=status is not None)  # not to a store that went away
         if status is not None:
             run.client.set_terminated(run.run_id, status)
-        release(run.client)  # the recorder process, if the store was opened there

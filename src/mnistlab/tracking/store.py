@@ -5,7 +5,6 @@ import contextlib
 import logging
 import os
 import re
-import shutil
 import sqlite3
 import time
 from collections.abc import Iterator
@@ -288,35 +287,6 @@ def store_error(uri: str, err: Exception) -> UserError:
     )
 
 
-def new_store(db: Path) -> None:
-    """Start a new SQLite store as a copy of an empty one MLflow migrated before: its ~40 schema
-    migrations take 2-3 s per new store. The template (tables only: MLflow adds its Default
-    experiment on opening) is made once per MLflow version in ~/.cache/mnistlab; if that folder
-    cannot be written, MLflow builds the store itself."""
-    import mlflow
-    from mlflow import MlflowClient
-
-    cache = Path(os.environ.get("XDG_CACHE_HOME") or "~/.cache").expanduser() / "mnistlab"
-    template = cache / f"mlflow-{mlflow.__version__}-empty.db"
-    copy = db.with_name(f".{db.name}.{os.getpid()}.tmp")
-    scratch = cache / f".{template.name}.{os.getpid()}.tmp"
-    try:
-        if not template.is_file():
-            cache.mkdir(parents=True, exist_ok=True)
-            MlflowClient(tracking_uri=f"{SQLITE_PREFIX}{scratch}").get_experiment("0")
-            with contextlib.closing(sqlite3.connect(scratch)) as con, con:
-                con.execute("DELETE FROM experiments")
-            os.replace(scratch, template)
-        shutil.copyfile(template, copy)
-        os.link(copy, db)  # never over a store that appeared meanwhile (FileExistsError)
-    except Exception as err:  # a speed-up only: MLflow then opens or builds the store itself
-        log.debug(f"no template store ({type(err).__name__}: {err}); MLflow opens {db}")
-    finally:
-        for leftover in (copy, scratch):
-            with contextlib.suppress(OSError):
-                leftover.unlink(missing_ok=True)
-
-
 def connect(cfg: DictConfig) -> tuple[Any, str]:
     """Import MLflow and open the run's store and experiment (creating them if new):
     (client, experiment id)."""
@@ -336,8 +306,6 @@ def open_store(uri: str, experiment: str = "", experiment_id: str = "") -> tuple
     db = sqlite_path(uri)
     try:
         with store_lock(db):  # the first process creates the store, the others wait for it
-            if db is not None and not db.exists():
-                new_store(db)
             client = MlflowClient(tracking_uri=uri)
             if not experiment_id:
                 experiment_id = get_experiment_id(client, experiment, uri)

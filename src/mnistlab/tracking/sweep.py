@@ -3,7 +3,7 @@
 `SweepCallback` runs in the launching process. Before any job starts it creates (or upgrades) the
 store once, opens the parent run and tells the jobs about it through environment variables,
 which submitit jobs and SLURM tasks inherit, and which Hydra's `hydra.job.env_set` sets in jobs
-whose process started before (joblib's workers, warmed up meanwhile: `workers.py`). When the
+whose process started before (joblib's workers, kept for the whole sweep). When the
 sweep ends it summarises the children on the parent and closes it. A job that fails is recorded
 (`job_failed`) and the sweep goes on (Hydra 1.3 would skip `on_multirun_end` if a job raised);
 `python -m train` then exits non-zero.
@@ -24,7 +24,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 
 from mnistlab.errors import UserError, exit_code, one_line
 from mnistlab.files import advising, write_csv, write_text
-from mnistlab.jobs import BASIC_SWEEPERS, SIZE_ENV
+from mnistlab.jobs import BASIC_SWEEPER, SIZE_ENV
 from mnistlab.tracking.compare import (
     best_config,
     by_config,
@@ -36,7 +36,7 @@ from mnistlab.tracking.guard import Claim
 from mnistlab.tracking.provenance import origin_tags
 from mnistlab.tracking.records import child_rows
 from mnistlab.tracking.store import connect, redact, tracking_uri
-from mnistlab.tracking.workers import share_of_cores, start_warming, stop_workers
+from mnistlab.tracking.workers import share_of_cores, stop_workers
 
 log = logging.getLogger(__name__)
 
@@ -67,7 +67,7 @@ def in_multirun() -> bool:
 def basic_sweep() -> bool:
     """Whether this multirun's jobs come from Hydra's basic sweeper, which `python -m train`
     expands and checks before Hydra starts (Optuna's values are only known in the job)."""
-    return HydraConfig.get().sweeper.get("_target_") in BASIC_SWEEPERS
+    return HydraConfig.get().sweeper.get("_target_") == BASIC_SWEEPER
 
 
 def swept_keys(config: DictConfig) -> list[str]:
@@ -172,13 +172,7 @@ class SweepCallback(Callback):
         that cannot be opened ends the command here, in one line, before any job starts.
         """
         job_cfg = OmegaConf.masked_copy(config, [k for k in config if k != "hydra"])
-        sweep_dir = Path(str(config.hydra.sweep.dir)).resolve()
-        warming = start_warming(config)  # joblib's workers import while the parent run opens
-        try:
-            self.open_parent(config, job_cfg, sweep_dir)
-        finally:  # Hydra's launcher starts once they are ready
-            if warming is not None:
-                warming.join()
+        self.open_parent(config, job_cfg, Path(str(config.hydra.sweep.dir)).resolve())
 
     def open_parent(self, config: DictConfig, job_cfg: DictConfig, sweep_dir: Path) -> None:
         """Open (or reopen) the parent run, claim the sweep dir, and tell the jobs the run."""
@@ -203,7 +197,7 @@ class SweepCallback(Callback):
         STATE.claim.watch(tracking_uri(job_cfg), parent_id, hint)
         for key, value in ((PARENT_ENV, parent_id), (SWEPT_ENV, ",".join(swept))):
             os.environ[key] = value
-            # and through Hydra's env_set, for workers started before (joblib's, warmed up)
+            # and through Hydra's env_set, for workers started before (joblib's, reused)
             with open_dict(config):
                 config.hydra.overrides.hydra.append(f"++hydra.job.env_set.{key}='{value}'")
         log.info(f"MLflow sweep parent run {parent_id} ({name}), sweeping {swept}")

@@ -14,7 +14,6 @@ log = logging.getLogger(__name__)
 
 SAMPLE_S = 2.0  # seconds between two samples
 SAMPLES = 5  # samples averaged into one logged point
-_running: list["SystemMetrics"] = []  # the monitor of the run open in this process, if any
 
 
 class SystemMetrics:
@@ -50,16 +49,3 @@ class SystemMetrics:
         except Exception as err:  # a monitor that cannot aggregate an empty window
             log.debug(f"last system metrics point skipped: {err}")
         monitor.finish()
-
-
-def start_monitor(_: Any, run_id: str, uri: str, resume: bool = False) -> None:
-    """Start the monitor of run `run_id`, in the process that calls this (the one where the
-    run's store is open: `on_store` passes its client first)."""
-    stop_monitor(None, send=False)  # a run before it that ended without stopping its own
-    _running.append(SystemMetrics(run_id, uri, resume))
-
-
-def stop_monitor(_: Any, send: bool = True) -> None:
-    """Stop the monitor started here, if any (see `SystemMetrics.stop`)."""
-    while _running:
-        _running.pop().stop(send)

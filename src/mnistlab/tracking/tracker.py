@@ -4,7 +4,7 @@ It keeps each epoch's metrics in `metrics.jsonl` in the output dir first, then s
 them to the store in one batch from a background thread, which waits out a tracking server that
 has gone away while training goes on. Artifacts queue behind the metrics; the model is logged
 once everything before it is in the store. `open_run` (in `mnistlab.tracking.run`) opens and
-closes it.
+closes it. Every MLflow call is made from this process.
 """
 
 import contextlib
@@ -19,14 +19,11 @@ from pathlib import Path
 from typing import Any
 
 from mnistlab.errors import TrackingUnavailable
-from mnistlab.tracking import system
-from mnistlab.tracking.exporter import Exporter, log_model
 from mnistlab.tracking.lineage import dataset_facts, log_datasets
-from mnistlab.tracking.recorder import on_recorder, on_store
 from mnistlab.tracking.store import redact, server_problem
+from mnistlab.tracking.system import SystemMetrics
 
 log = logging.getLogger(__name__)
-EXPORT_WAIT_S = 120  # the least time the recorder process gets to log the model, in seconds
 
 
 class MlflowTracker:
@@ -46,8 +43,7 @@ class MlflowTracker:
         self.journal = output_dir / "metrics.jsonl"
         self.failure: str | None = None  # why the last attempt failed, while batches wait
         self.logged = 0  # the last epoch the store had when the run was (re)opened
-        self.exporter: Exporter | None = None  # the model export, in the recorder process
-        self._handed: tuple[Any, Any] | None = None  # (model, example) the exporter logs
+        self.system: SystemMetrics | None = None  # MLflow's system metrics monitor, if on
         self._queue: queue.Queue = queue.Queue()
         threading.Thread(target=self._send_forever, name="mlflow-sender", daemon=True).start()
 
@@ -99,7 +95,7 @@ class MlflowTracker:
         rows = [(k, float(v), now, epoch) for k, v in record["metrics"].items()]
         steps = record.get("steps") or {"train/step_loss": record.get("step_losses", [])}
         rows += [(k, float(v), now, s) for k, points in steps.items() for s, v in points]
-        self._queue.put(lambda: on_store(self.client, log_metric_rows, self.run_id, rows))
+        self._queue.put(lambda: log_metric_rows(self.client, self.run_id, rows))
 
     def log_tags(self, tags: dict[str, str]) -> None:
         """Queue tags for the run, behind the metrics."""
@@ -121,25 +117,20 @@ class MlflowTracker:
         """Queue the run's train, val and test splits as MLflow dataset inputs (name, source,
         digest over each split's samples), behind the metrics."""
         facts = dataset_facts(data, cfg)  # the digests: computed here, where the data is
-        self._queue.put(lambda: on_store(self.client, log_datasets, self.run_id, facts))
+        self._queue.put(lambda: log_datasets(self.client, self.run_id, facts))
 
     def start_system_metrics(self, resume: bool) -> None:
-        """Start MLflow's system metrics monitor on this run (where its store was opened)."""
-        on_recorder(self.client, system.start_monitor, self.run_id, self.uri, resume)
+        """Start MLflow's system metrics monitor on this run (a thread of MLflow's own)."""
+        self.system = SystemMetrics(self.run_id, self.uri, resume)
 
     def stop_system_metrics(self, send: bool = True) -> None:
         """Stop the monitor, if any; with `send`, log its last point and wait for the store."""
-        on_recorder(self.client, system.stop_monitor, send)
+        if self.system is not None:
+            self.system.stop(send)
 
     def log_model(self, model: Any, example: Any) -> None:
         """Log `model` as an MLflow PyTorch model "model", ready for the Model Registry and
-        `mlflow.pytorch.load_model`: hand it to the recorder process, which logs it while the
-        run finishes (`flush` waits for it); without one, once the store has everything queued
-        before it."""
-        run = {"uri": self.uri, "experiment_id": self.experiment_id, "run_id": self.run_id}
-        if self.exporter and self.exporter.hand_over(run, model, example, self.journal.parent):
-            self._handed = (model, example)
-            return
+        `mlflow.pytorch.load_model`, once the store has everything queued before it."""
         self.flush()
         log_model(self.uri, self.experiment_id, self.run_id, model, example)
 
@@ -151,7 +142,7 @@ class MlflowTracker:
     def catch_up(self, upto: int | None = None) -> None:
         """Queue the journal's epochs (up to `upto`, else all) that the store lacks (the server
         was away, or the process was killed before they went out)."""
-        self.logged = on_store(self.client, last_step, self.run_id, "epoch_time_s")
+        self.logged = last_step(self.client, self.run_id, "epoch_time_s")
         records = {}
         if self.journal.exists():
             for line in self.journal.read_text().splitlines():
@@ -163,34 +154,13 @@ class MlflowTracker:
                 self._queue_record(records[epoch])
 
     def flush(self) -> None:
-        """Wait until the store has everything queued, and the model handed to the export
-        process (logged here if that process failed); raise TrackingUnavailable after `wait_s`
+        """Wait until the store has everything queued; raise TrackingUnavailable after `wait_s`
         (mlflow.offline_wait_s)."""
         deadline = time.monotonic() + self.wait_s
         while self.unsent and time.monotonic() < deadline:
             time.sleep(0.05)
         if self.unsent:
             raise self._unavailable(f"{self.unsent} uploads did not reach it")
-        if self._handed is None:
-            return
-        (model, example), self._handed = self._handed, None
-        try:
-            answer = self.exporter.answer(timeout=max(deadline - time.monotonic(), EXPORT_WAIT_S))
-        except TimeoutError as err:  # the recorder was killed with the export
-            if server_problem(self.uri, timeout=5) is not None:
-                raise self._unavailable("the MLflow model did not reach it") from None
-            answer = {"error": str(err)}
-        if "model_uri" in answer:
-            log.info(f"MLflow model {answer['model_uri']} logged by the recorder process")
-        elif "model_uri" not in on_store(self.client, run_tags, self.run_id):  # set last, if done
-            log.warning(f"model export in the recorder: {answer['error']}; logging the model here")
-            log_model(self.uri, self.experiment_id, self.run_id, model, example)  # fails the run
-
-    def abandon_model(self) -> None:
-        """The run failed or was stopped: the model handed over is not logged after all."""
-        self._handed = None
-        if self.exporter is not None:
-            self.exporter.drop()
 
     def _unavailable(self, what: str) -> TrackingUnavailable:
         return TrackingUnavailable(
@@ -213,6 +183,44 @@ def last_step(client: Any, run_id: str, key: str) -> int:
     return max((m.step for m in client.get_metric_history(run_id, key)), default=0)
 
 
-def run_tags(client: Any, run_id: str) -> dict[str, str]:
-    """The tags of run `run_id`."""
-    return dict(client.get_run(run_id).data.tags)
+def log_model(uri: str, experiment_id: str, run_id: str, model: Any, example: Any) -> str:
+    """Log `model` to run `run_id` as an MLflow PyTorch model "model" (what
+    `mlflow.pytorch.log_model` does for the active run), tag the run with its URI; the URI.
+    Saved with torch's pickle format and this torch as its one requirement: MLflow's default
+    export imports torch.export and infers the requirements from every installed package."""
+    import mlflow
+    import mlflow.pytorch
+    from mlflow.models import Model
+
+    mlflow.set_tracking_uri(uri)
+    mlflow.set_experiment(experiment_id=experiment_id)  # where MLflow keeps the logged model
+    info = Model.log(
+        artifact_path=None,
+        name="model",
+        flavor=mlflow.pytorch,
+        run_id=run_id,
+        pytorch_model=on_cpu(model),
+        input_example=example.cpu().numpy(),  # a batch of 2 keeps the batch size dynamic
+        pip_requirements=[f"torch=={torch_version()}"],
+        serialization_format="pickle",  # torch.save: no torch.export import or trace
+    )
+    mlflow.MlflowClient(uri).set_tag(run_id, "model_uri", info.model_uri)  # for load_model(this)
+    return info.model_uri
+
+
+def torch_version() -> str:
+    """This torch's version, without its build tag (+cpu, +cu124)."""
+    import torch
+
+    return torch.__version__.split("+")[0]
+
+
+def on_cpu(model: Any) -> Any:
+    """`model` in eval mode on the CPU: a copy if it lives elsewhere, so that the run's own
+    model stays where it is."""
+    import copy
+
+    tensors = [*model.parameters(), *model.buffers()]
+    if any(t.device.type != "cpu" for t in tensors):
+        model = copy.deepcopy(model).cpu()
+    return model.eval()
