@@ -91,11 +91,11 @@ def run_and_exit() -> None:
     except SystemExit as done:
         code = done.code if isinstance(done.code, int) else (0 if done.code is None else 1)
     except KeyboardInterrupt as err:  # Ctrl-C or SIGTERM: the run is KILLED, a checkpoint saved
-        tracking.finish("KILLED")
+        tracking.close_parent("KILLED")
         print(f"Stopped: {err or 'interrupted'}", file=sys.stderr)
         code = 130
     finally:
-        tracking.finish("FAILED")  # a parent still open here stopped before its summary
+        tracking.close_parent("FAILED")  # a parent still open here stopped before its summary
     sys.exit(code)
 
 

@@ -258,9 +258,9 @@ def test_a_checked_sweep_tells_its_jobs_they_passed_and_how_many_there_are(tmp_p
 def test_the_check_expands_the_jobs_of_a_basic_sweeper_a_preset_chose(tmp_path):
     register()  # the typed schemas, as python -m train registers them
     # a preset in the user's own config dir picks a basic sweeper with params: its 3 jobs
-    from mnistlab.cli import SIZE_ENV, check_command_line
+    from mnistlab.cli import check_command_line
     from mnistlab.config import CONF_DIR
-    from mnistlab.jobs import BASIC_SWEEPER, sweep_jobs
+    from mnistlab.jobs import BASIC_SWEEPER, SIZE_ENV, sweep_jobs
 
     (tmp_path / "hydra" / "sweeper").mkdir(parents=True)
     (tmp_path / "hydra" / "sweeper" / "grid.yaml").write_text(
@@ -286,7 +286,7 @@ def test_a_sweep_over_the_checked_limit_is_left_for_its_jobs_to_check(tmp_path, 
     # the check composes the first MAX_CHECKED jobs: the others must still check themselves
     from mnistlab import cli
     from mnistlab.config import CONF_DIR
-    from mnistlab.jobs import sweep_jobs
+    from mnistlab.jobs import SIZE_ENV, sweep_jobs
 
     monkeypatch.chdir(tmp_path)
     over = sweep_jobs(["seed=range(0,4)"], CONF_DIR, max_jobs=3)
@@ -296,5 +296,5 @@ def test_a_sweep_over_the_checked_limit_is_left_for_its_jobs_to_check(tmp_path, 
     argv = ["-m", "data=synthetic", "epochs=1", "seed=range(0,4)"]
     assert cli.check_command_line(argv) == argv
     assert cli.check_command_line(argv[:-1] + ["seed=range(0,3)"])[4:] == [
-        f"++hydra.job.env_set.{cli.CHECKED_ENV}=1", f"++hydra.job.env_set.{cli.SIZE_ENV}=3",
+        f"++hydra.job.env_set.{cli.CHECKED_ENV}=1", f"++hydra.job.env_set.{SIZE_ENV}=3",
     ]  # fmt: skip

@@ -4,12 +4,11 @@ import pytest
 import torch
 
 from conftest import only_run
-from mnistlab import recipe, run_plots
 from mnistlab.config import compose
 from mnistlab.loop import evaluate
 from mnistlab.parts import build_part
+from mnistlab.plots import draw_run_plots
 from mnistlab.recipe import train
-from mnistlab.run_plots import draw_run_plots
 
 PNG = b"\x89PNG\r\n\x1a\n"
 FIGURES = ["learning_curves.png", "confusion_matrix.png", "per_class_accuracy.png",
@@ -31,36 +30,19 @@ def test_evaluate_keeps_the_predictions_its_metrics_count(tmp_path):
     assert torch.equal(tested.predicted, probs.argmax(dim=1))
     assert torch.allclose(tested.confidence, probs.max(dim=1).values, atol=1e-6)
 
-    draw_run_plots(model, data, {"val/acc": [(1, 0.5)], "val/loss": [(1, 2.0)]}, tmp_path, tested)
+    draw_run_plots(model, data, {"val/acc": [(1, 0.5)], "val/loss": [(1, 2.0)]}, tmp_path)
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted(FIGURES)  # and no temp file
     assert all(p.read_bytes()[:8] == PNG for p in tmp_path.iterdir())
 
 
-def test_a_run_draws_its_plots_from_its_last_evaluation(tmp_path, store, monkeypatch):
-    def second_pass(*args, **kwargs):
-        raise AssertionError("the plots evaluated the model again")
-
-    monkeypatch.setattr(run_plots, "evaluate", second_pass)
+@pytest.mark.parametrize("plots", [True, False])
+def test_a_run_draws_its_four_plots_unless_told_not_to(tmp_path, store, plots):
     cfg = compose(["data=synthetic", "epochs=1", "device=cpu", "mlflow.log_model=false",
-                   "device.flush_denormal=false",  # leaves this process's floats as they are
-                   f"mlflow.tracking_uri={store}"])  # fmt: skip
+                   f"train.plots={plots}", f"mlflow.tracking_uri={store}"])  # fmt: skip
     train(cfg, output_dir=tmp_path / "out")
-    assert sorted(p.name for p in (tmp_path / "out" / "plots").iterdir()) == sorted(FIGURES)
-    assert only_run(store)[1].info.status == "FINISHED"
-
-
-def test_a_run_without_plots_keeps_no_predictions(tmp_path, store, monkeypatch):
-    asked = []
-
-    def evaluate_noting(*args, predict=False, **kwargs):
-        asked.append(predict)
-        return evaluate(*args, predict=predict, **kwargs)
-
-    monkeypatch.setattr(recipe, "evaluate", evaluate_noting)
-    cfg = compose(["data=synthetic", "epochs=1", "device=cpu", "mlflow.log_model=false",
-                   "device.flush_denormal=false", "train.plots=false",
-                   f"mlflow.tracking_uri={store}"])  # fmt: skip
-    train(cfg, output_dir=tmp_path / "out")
-    assert asked == [False, False]  # its epoch's val and test evaluations
-    assert not (tmp_path / "out" / "plots").exists()
-    assert only_run(store)[1].info.status == "FINISHED"
+    drawn = sorted(p.name for p in (tmp_path / "out" / "plots").glob("*"))
+    assert drawn == (sorted(FIGURES) if plots else [])
+    client, run = only_run(store)
+    assert run.info.status == "FINISHED"
+    logged = {a.path for a in client.list_artifacts(run.info.run_id, "plots")}
+    assert logged == ({f"plots/{name}" for name in FIGURES} if plots else set())

@@ -8,7 +8,7 @@ import tempfile
 from collections.abc import Callable
 from dataclasses import fields, is_dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from omegaconf import DictConfig, OmegaConf
 
@@ -16,7 +16,9 @@ from mnistlab import tracking
 from mnistlab.config import CONF_DIR, compose, rule_of, validate
 from mnistlab.errors import UserError, exit_code, one_line
 from mnistlab.files import nearest_existing
-from mnistlab.jobs import BASIC_SWEEPER, SIZE_ENV, Sweep, sweep_jobs
+
+if TYPE_CHECKING:  # the jobs of a sweep are expanded only for a sweep
+    from mnistlab.jobs import Sweep
 
 CHECKED_ENV = "MNISTLAB_JOBS_CHECKED"  # set once every job's config passed `validate`
 MAX_CHECKED = 1000  # a sweep of more jobs is checked up to here; every job then checks itself
@@ -128,35 +130,6 @@ def is_multirun(argv: list[str]) -> bool:
     return flag or any(a.lstrip("+").lower() == "hydra.mode=multirun" for a in argv)
 
 
-def check_server_meanwhile(cfg: DictConfig) -> Callable[[], None]:
-    """Start checking cfg's store in a thread if it is an MLflow server, which may take up to
-    10 s to answer (the configs are checked meanwhile); a function that waits for that check
-    and raises its error. Its thread does not hold up the exit of a command that failed."""
-    import threading
-
-    uri = tracking.tracking_uri(cfg)
-    errors: list[Exception] = []
-    if not uri.startswith(("http://", "https://")):
-        return lambda: None
-    import requests  # noqa: F401  (imported here: two threads importing at once may deadlock)
-
-    def check() -> None:
-        try:
-            tracking.check_store(uri)
-        except Exception as err:
-            errors.append(err)
-
-    thread = threading.Thread(target=check, name="check-server", daemon=True)
-    thread.start()
-
-    def wait() -> None:
-        thread.join()
-        if errors:
-            raise errors[0]
-
-    return wait
-
-
 def jobs_checked() -> bool:
     """Whether this job's config was validated before Hydra started: the basic sweeper's jobs
     were; a job of another sweeper (Optuna's values), of a sweep of over MAX_CHECKED jobs, or of
@@ -193,16 +166,16 @@ def check_command_line(argv: list[str]) -> list[str]:
         if multirun:  # every job of the sweep, with the command line's hydra.* settings
             parsed = OverridesParser.create().parse_overrides(overrides)
             settings = [o.input_line for o in parsed if o.is_hydra_override()]
+            from mnistlab.jobs import sweep_jobs
+
             sweep = sweep_jobs(overrides, CONF_DIR, max_jobs=MAX_CHECKED)
             jobs = [settings + job for job in sweep.jobs]
             marks = sweep_marks(sweep) if sweep.complete else []
         configs = [compose(job) for job in jobs]
-        server_checked = check_server_meanwhile(configs[0])
         stores = {}
         for cfg in configs:
             validate(cfg)
             stores.setdefault(str(cfg.mlflow.tracking_uri), cfg)
-        server_checked()
         for cfg in stores.values():  # once every job's config is known good
             check_outputs(cfg, multirun)
     except UserError:
@@ -214,10 +187,12 @@ def check_command_line(argv: list[str]) -> list[str]:
     return [*argv, *marks]  # set in this command's jobs only
 
 
-def sweep_marks(sweep: Sweep) -> list[str]:
+def sweep_marks(sweep: "Sweep") -> list[str]:
     """What a sweep whose every job is checked adds to its command line: the mark its jobs read
     (`jobs_checked`) and, where Hydra's basic sweeper runs it, its number of jobs (parallel jobs
     share the cores among no more than that: `tracking.threads_per_job`)."""
+    from mnistlab.jobs import BASIC_SWEEPER, SIZE_ENV
+
     marks = [f"++hydra.job.env_set.{CHECKED_ENV}=1"]
     if sweep.sweeper == BASIC_SWEEPER:  # its jobs are those (Optuna's trials are not)
         marks.append(f"++hydra.job.env_set.{SIZE_ENV}={len(sweep.jobs)}")

@@ -1,12 +1,15 @@
 """Datasets as uint8 tensors on the training device, with a seeded val split and batch slicing.
 
 Images stay uint8 until a batch is taken; `Dataset.inputs` converts and normalises on the fly,
-so there is no per-sample PIL or DataLoader work in the training loop.
+so there is no per-sample PIL or DataLoader work in the training loop. Training batches are
+augmented on their device with seeded draws (`augment`): a batch's changes are a function of
+its generator alone, so a resumed epoch augments its batches as before.
 """
 
 import contextlib
 import hashlib
 import itertools
+import math
 from collections.abc import Iterator
 from dataclasses import dataclass, replace
 from importlib import import_module
@@ -14,12 +17,12 @@ from pathlib import Path
 from typing import Annotated
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 from torch.utils.data import DataLoader, Subset
 from torch.utils.data import Dataset as TorchDataset
 
 from mnistlab import distributed
-from mnistlab.augment import augment
 from mnistlab.errors import UserError
 from mnistlab.files import atomic_write
 from mnistlab.options import Augment, Check, Loader, at_least, finite
@@ -27,6 +30,34 @@ from mnistlab.options import Augment, Check, Loader, at_least, finite
 VAL_SIZE = at_least(1, "an integer >= 1, e.g. data.val_size=5000")
 MEAN = Check(finite, "a finite pixel mean, e.g. 0.1307")
 STD = Check(lambda v: finite(v) and v > 0, "a positive pixel std, e.g. 0.3081")
+
+
+MAX_SHIFT = 2  # pixels, for shift and affine
+MAX_DEGREES = 10.0  # affine's rotation
+MAX_SCALE = 0.1  # affine's zoom in or out, as a fraction
+
+
+def augment(images: Tensor, kind: Augment, generator: torch.Generator) -> Tensor:
+    """Shift (by whole pixels) or warp (rotate, scale, shift) each image of a float batch
+    (B x C x H x W, black = 0); the random draws come from `generator` (a CPU generator)."""
+    kind = Augment(kind)
+    if kind is Augment.none:
+        return images
+    n, _, height, width = images.shape
+    shifts = torch.randint(-MAX_SHIFT, MAX_SHIFT + 1, (n, 2), generator=generator).float()
+    # affine_grid's coordinates run from -1 to 1 across the image: one pixel is 2 / size
+    tx, ty = shifts[:, 0] * 2 / width, shifts[:, 1] * 2 / height
+    if kind is Augment.shift:
+        angle, scale = torch.zeros(n), torch.ones(n)
+    else:
+        draws = torch.rand(n, 2, generator=generator) * 2 - 1
+        angle = draws[:, 0] * math.radians(MAX_DEGREES)
+        scale = 1 + draws[:, 1] * MAX_SCALE
+    cos, sin = torch.cos(angle) / scale, torch.sin(angle) / scale
+    theta = torch.stack([torch.stack([cos, -sin, tx], 1), torch.stack([sin, cos, ty], 1)], 1)
+    grid = F.affine_grid(theta.to(images.device), list(images.shape), align_corners=False)
+    mode = "nearest" if kind is Augment.shift else "bilinear"
+    return F.grid_sample(images, grid, mode=mode, padding_mode="zeros", align_corners=False)
 
 
 def get_class(path: str) -> type:

@@ -19,7 +19,7 @@ from mnistlab.files import advising
 from mnistlab.inference import load_trained
 from mnistlab.loop import evaluate
 from mnistlab.parts import build_part
-from mnistlab.run_plots import confusion
+from mnistlab.plots import confusion
 
 SOURCE_HELP = "run output dir, .pth file, runs:/<id>/model.pth, run id, or models:/<name>@<alias>"
 

@@ -69,12 +69,6 @@ def write_csv(path: Path | str, columns: list[str], rows: Iterable[dict]) -> Non
     write_text(path, text.getvalue())
 
 
-def remove_temp_files(folder: Path, pid: int) -> None:
-    """Remove the temp files that process `pid`, killed midway, left in `folder`."""
-    for tmp in folder.glob(f".*{TEMP}{pid}"):
-        tmp.unlink(missing_ok=True)
-
-
 @contextlib.contextmanager
 def advising(where: str | None) -> Iterator[None]:
     """A write that fails within (in this thread) advises pointing option `where` elsewhere,

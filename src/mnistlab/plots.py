@@ -1,4 +1,6 @@
-"""Figures, drawn with matplotlib's Agg backend (no display needed), each written atomically."""
+"""Figures, drawn with matplotlib's Agg backend (no display needed), each written atomically;
+and the four plots of a trained model on its test split (`draw_run_plots`): learning curves,
+confusion matrix, per-class accuracy and the most confident mistakes."""
 
 import math
 from pathlib import Path
@@ -6,8 +8,11 @@ from typing import Any
 
 import matplotlib
 import numpy as np
+import torch
 
 from mnistlab.files import atomic_write
+from mnistlab.loop import evaluate
+from mnistlab.options import Amp
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
@@ -164,3 +169,33 @@ def misclassified_grid(
     fig.suptitle("most confident mistakes on the test split", fontsize=10)
     fig.subplots_adjust(left=0, right=1, bottom=0, top=1 - 0.4 / height)
     save(fig, path)
+
+
+def confusion(labels: torch.Tensor, preds: torch.Tensor, n: int) -> tuple[torch.Tensor, list]:
+    """The confusion matrix (rows: true, columns: predicted) and per-class accuracy."""
+    matrix = torch.bincount(labels * n + preds, minlength=n * n).view(n, n).cpu()
+    return matrix, (matrix.diag().float() / matrix.sum(dim=1).clamp(min=1)).tolist()
+
+
+def draw_run_plots(
+    model, data, history: dict, folder: Path, amp: Amp = Amp.none, mistakes: int = 24
+) -> list[Path]:
+    """The four plots of a run, from the per-epoch `history` ({key: [(epoch, value)]}) and the
+    model's predictions on the test split (under `amp`, as its epochs evaluated it)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    tested = evaluate(model, data, data.test, 1000, amp, predict=True)["predictions"]
+    labels, confidence, preds = tested.labels, tested.confidence, tested.predicted
+    matrix, per_class = confusion(labels, preds, data.num_classes)
+    wrong = (preds != labels).nonzero().flatten()
+    worst = wrong[confidence[wrong].argsort(descending=True)[:mistakes]]
+    paths = [folder / name for name in ("learning_curves.png", "confusion_matrix.png",
+             "per_class_accuracy.png", "misclassified.png")]  # fmt: skip
+    acc = matrix.diag().sum().item() / max(1, matrix.sum().item())
+    learning_curves(history, paths[0])
+    confusion_matrix(matrix, data.classes, paths[1], f"test accuracy {acc:.4f}")
+    per_class_accuracy(per_class, data.classes, paths[2])
+    misclassified_grid(
+        data.test.images[worst].cpu().numpy(), labels[worst].tolist(), preds[worst].tolist(),
+        confidence[worst].tolist(), data.classes, paths[3],
+    )  # fmt: skip
+    return paths

@@ -15,6 +15,7 @@ import logging
 import os
 import shutil
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -34,20 +35,18 @@ from mnistlab.config import (
     save_hydra_files,
     validate,
 )  # fmt: skip
-from mnistlab.debugging import debugging
 from mnistlab.errors import UserError
 from mnistlab.files import advising, write_text
 from mnistlab.loop import (
     EpochInterrupted,
     LoopSettings,
-    Predictions,
     TrainState,
     evaluate,
     seed_everything,
     train_epoch,
 )  # fmt: skip
 from mnistlab.parts import Parts, build_parts
-from mnistlab.run_plots import draw_run_plots
+from mnistlab.plots import draw_run_plots
 from mnistlab.signals import StopRequest
 
 log = logging.getLogger(__name__)
@@ -89,11 +88,11 @@ def run(cfg: DictConfig, output_dir: str | Path | None = None) -> float:
             logging_redirect_tqdm(),
         ):
             with debugging(cfg.train, output_dir, tracker):
-                tested = fit(cfg, parts, state, tracker, stop, output_dir)
+                fit(cfg, parts, state, tracker, stop, output_dir)
             distributed.teardown()
             if not rank0:  # the other ranks are done: rank 0 writes the outputs
                 return state.best_val_acc
-            finish(cfg, parts, state, tracker, output_dir, tested)
+            finish(cfg, parts, state, tracker, output_dir)
     log.info(f"Best val acc {state.best_val_acc:.4f}; outputs in {output_dir}")
     uri = tracking.tracking_uri(cfg)
     log.info(f"MLflow run {tracker.run_id}: "
@@ -188,6 +187,31 @@ def open_tracker(cfg: DictConfig, claim: Any, parts: Parts, start: Start):
         yield tracker
 
 
+@contextlib.contextmanager
+def debugging(train_cfg: Any, output_dir: Path, tracker: Any) -> Iterator[None]:
+    """With train.detect_anomaly, find the op that made a NaN or inf in the backward pass; with
+    train.profile, record the epochs with torch.profiler and add its trace (trace.json, for
+    chrome://tracing or Perfetto) and a table of the top ops (top_ops.txt) to the run's
+    artifacts under profile/."""
+    with torch.autograd.set_detect_anomaly(bool(train_cfg.detect_anomaly)):
+        if not train_cfg.profile:
+            yield
+            return
+        from torch.profiler import ProfilerActivity, profile
+
+        activities = [ProfilerActivity.CPU]
+        if torch.cuda.is_available():
+            activities.append(ProfilerActivity.CUDA)
+        with profile(activities=activities, record_shapes=True) as prof:
+            yield
+        folder = output_dir / "profile"
+        folder.mkdir(parents=True, exist_ok=True)
+        prof.export_chrome_trace(str(folder / "trace.json"))
+        sort = "self_cuda_time_total" if torch.cuda.is_available() else "self_cpu_time_total"
+        write_text(folder / "top_ops.txt", prof.key_averages().table(sort_by=sort, row_limit=30))
+        tracker.log_artifact(folder, "profile")
+
+
 def loop_settings(cfg: DictConfig) -> LoopSettings:
     """What the epoch loop reads of the config."""
     train = cfg.train
@@ -197,17 +221,14 @@ def loop_settings(cfg: DictConfig) -> LoopSettings:
     )  # fmt: skip
 
 
-def fit(
-    cfg, parts: Parts, state: TrainState, tracker, stop, output_dir: Path
-) -> Predictions | None:
+def fit(cfg, parts: Parts, state: TrainState, tracker, stop, output_dir: Path) -> None:
     """Train the epochs left; after each, log its metrics, step the per-epoch schedule and save a
-    checkpoint. Stops early on train.early_stopping_patience or train.target_loss. Returns the
-    last epoch's predictions on the test split (None if no epoch was left, or no plots)."""
-    opts, tested = loop_settings(cfg), None
+    checkpoint. Stops early on train.early_stopping_patience or train.target_loss."""
+    opts = loop_settings(cfg)
     epochs = tqdm(range(state.epoch + 1, cfg.epochs + 1), desc="epochs", disable=None, position=0)
-    trial = tracking.trial_reporter(cfg, tracker)  # None unless an Optuna trial
+    trial = tracking.trial_reporter(cfg, tracker) if tracking.in_multirun() else None  # Optuna's
     for epoch in epochs:
-        metrics, tested = run_epoch(cfg, parts, state, opts, (stop, tracker, output_dir))
+        metrics = run_epoch(cfg, parts, state, opts, (stop, tracker, output_dir))
         epochs.set_postfix(val_acc=f"{metrics['val/acc']:.4f}")
         improved = state.end_epoch(metrics)
         parts.schedule.end_epoch(metrics["val/loss"])
@@ -216,16 +237,15 @@ def fit(
         if trial is not None and trial.report(epoch, metrics["val/acc"]):
             log.info(f"Optuna pruned trial {trial.number} after epoch {epoch}")
             tracker.log_tags({"optuna.state": "PRUNED", "optuna.pruned_epoch": str(epoch)})
-            return tested
+            return
         patience, target = cfg.train.early_stopping_patience, cfg.train.target_loss
         if patience and epoch - state.best_epoch >= patience:
             log.info(f"Early stop after epoch {epoch}: no better val acc for {patience} epochs")
             tracker.log_tags({"early_stopped_epoch": str(epoch)})
-            return tested
+            return
         if target and metrics["train/loss"] <= target:
             log.info(f"Train loss {metrics['train/loss']:.4g} <= {target} after epoch {epoch}")
-            return tested
-    return tested
+            return
 
 
 def resume_hint(output_dir: Path) -> str:
@@ -233,12 +253,9 @@ def resume_hint(output_dir: Path) -> str:
     return f"continue with python -m train resume={output_dir}"
 
 
-def run_epoch(
-    cfg, parts: Parts, state: TrainState, opts: LoopSettings, where: tuple
-) -> tuple[dict, Predictions | None]:
+def run_epoch(cfg, parts: Parts, state: TrainState, opts: LoopSettings, where: tuple) -> dict:
     """Train one epoch (with a checkpoint if a signal stops it midway), evaluate val and test,
-    and log the metrics; return them, and the predictions on the test split (None unless this
-    process draws the run's plots)."""
+    and log the metrics; return them."""
     stop, tracker, output_dir = where
     epoch, start = state.epoch + 1, time.perf_counter() - state.elapsed_s
     try:
@@ -251,13 +268,10 @@ def run_epoch(
         )
     epoch_time = time.perf_counter() - start
     speed = {"train/samples_per_s": train_m.pop("samples") / epoch_time}
-    metrics, tested = {f"train/{k}": v for k, v in train_m.items()}, None
-    plots = cfg.train.plots and distributed.is_main()
-    for split in ("val", "test"):  # the test split's predictions kept for the plots
+    metrics = {f"train/{k}": v for k, v in train_m.items()}
+    for split in ("val", "test"):
         split_m = evaluate(parts.evaluated, parts.data, getattr(parts.data, split),
-                           cfg.train.eval_batch_size, cfg.device.amp,
-                           predict=plots and split == "test")  # fmt: skip
-        tested = split_m.pop("predictions", tested)
+                           cfg.train.eval_batch_size, cfg.device.amp)  # fmt: skip
         metrics.update({f"{split}/{k}": v for k, v in split_m.items()})
     steps = {"train/step_loss": state.step_losses}
     if parts.schedule.per_batch:
@@ -269,7 +283,7 @@ def run_epoch(
         + ", ".join(f"{k} {v:.4f}" for k, v in shown.items())
         + f", {epoch_time:.2f} s"
     )
-    return metrics, tested
+    return metrics
 
 
 def save_checkpoints(cfg, parts: Parts, state: TrainState, tracker, output_dir: Path, improved):
@@ -288,12 +302,9 @@ def save_checkpoints(cfg, parts: Parts, state: TrainState, tracker, output_dir: 
             tracker.log_artifact(path, "checkpoints")
 
 
-def finish(
-    cfg, parts: Parts, state: TrainState, tracker, output_dir: Path, tested: Predictions | None
-) -> None:
+def finish(cfg, parts: Parts, state: TrainState, tracker, output_dir: Path) -> None:
     """Write the run's outputs and add them to its record: the weights, the resolved config,
-    the data facts, the MLflow model, the plots (from `tested`, the last epoch's predictions on
-    the test split, if it trained one), Hydra's files and the log."""
+    the data facts, the MLflow model, the plots, Hydra's files and the log."""
     model = parts.ema.module if parts.ema is not None else parts.model  # the weights evaluated
     checkpoint.save_weights(model, output_dir / "model.pth")
     write_text(output_dir / "config.yaml", tracking.redact(OmegaConf.to_yaml(cfg, resolve=True)))
@@ -306,7 +317,7 @@ def finish(
     if cfg.mlflow.log_model:
         tracker.log_model(model, parts.data.inputs(parts.data.test.images[:2]))
     if cfg.train.plots:
-        draw_run_plots(model, parts.data, state.history, output_dir / "plots", tested)
+        draw_run_plots(model, parts.data, state.history, output_dir / "plots", cfg.device.amp)
         tracker.log_artifact(output_dir / "plots", "plots")
     tracker.log_artifact(output_dir / ".hydra", ".hydra")
     tracker.log_artifact(output_dir / "train.log")

@@ -14,7 +14,7 @@ import math
 from pathlib import Path
 from typing import Any
 
-from mnistlab import tracking
+from mnistlab import summary, tracking
 from mnistlab.cli import one_line_errors
 from mnistlab.errors import UserError
 from mnistlab.files import advising, write_csv
@@ -80,12 +80,12 @@ def varying(rows: list[dict[str, Any]]) -> list[str]:
 def report_by_config(title: str, rows: list[dict[str, Any]], path: Path | None) -> None:
     """Print the runs folded by config digest (seeds aggregated); write them as CSV if asked."""
     keys = [k for k in varying(rows) if k != "seed"]
-    groups = tracking.by_config(rows, keys)
+    groups = summary.by_config(rows, keys)
     print(f"{title}: {len(rows)} runs in {len(groups)} configs, best mean val acc first")
-    print(tracking.table_by_config(groups, keys))
+    print(summary.table_by_config(groups, keys))
     if path:
         with advising("--csv"):
-            tracking.write_by_config(groups, keys, path)
+            summary.write_by_config(groups, keys, path)
         print(f"table: {path}")
 
 

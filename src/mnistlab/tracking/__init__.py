@@ -8,30 +8,21 @@ The one way in: the rest of mnistlab imports `mnistlab.tracking` and uses these 
   the process dies; the journal and the background sender live in the tracker.
 - Store: `tracking_uri`, `check_store`, `how_to_open`, `redact`.
 - Sweeps: `SweepCallback` (in conf/config.yaml), `in_multirun`, `threads_per_job`,
-  `job_failed`, `finish`.
+  `job_failed`, `close_parent`.
+Imported on first use, as a run needs none of them (`LATER`):
 - Reading runs back: `run_status`, `run_checkpoint`, `download_model_files`, `log_results`,
-  `existing_store`, and for comparisons `run_row`, `child_rows`, and seeds folded into configs
-  (`by_config`, `table_by_config`, `write_by_config`).
+  `existing_store`, and for comparisons `run_row` and `child_rows` (`mnistlab.summary` folds
+  their seeds into configs).
 - Optuna trials: `trial_reporter` (a job's per-epoch reports, and whether to prune), and for
   mnistlab's Optuna sweeper `study_storage`, `open_storage`, `make_pruner`.
 - The registry: `promote` (the best run of a sweep, or a run, as a registered model version
   with an alias), `resolve_model_uri` (models:/<name>@<alias> to its run).
 """
 
+from importlib import import_module
 from pathlib import Path
 from typing import Any, Protocol
 
-from mnistlab.tracking.compare import by_config, table_by_config, write_by_config
-from mnistlab.tracking.guard import Claim
-from mnistlab.tracking.lookup import (
-    download_model_files,
-    existing_store,
-    log_results,
-    run_checkpoint,
-    run_status,
-)
-from mnistlab.tracking.records import child_rows, run_row
-from mnistlab.tracking.registry import Promotion, promote, resolve_model_uri
 from mnistlab.tracking.run import flatten, open_run
 from mnistlab.tracking.store import (
     check_scheme,
@@ -46,20 +37,29 @@ from mnistlab.tracking.sweep import (
     STATE,
     SweepCallback,
     basic_sweep,
-    finish,
+    close_parent,
     in_multirun,
     job_failed,
     threads_per_job,
 )
-from mnistlab.tracking.trials import (
-    PRUNED_ATTR,
-    RUN_ATTR,
-    TrialReporter,
-    make_pruner,
-    open_storage,
-    study_storage,
-    trial_reporter,
-)
+from mnistlab.tracking.watchdog import Claim
+
+LATER = {  # module: the names it gives, imported on first use
+    "lookup": ("download_model_files", "existing_store", "log_results", "run_checkpoint",
+               "run_status"),
+    "records": ("child_rows", "run_row"),
+    "registry": ("Promotion", "promote", "resolve_model_uri"),
+    "trials": ("PRUNED_ATTR", "RUN_ATTR", "TrialReporter", "make_pruner", "open_storage",
+               "study_storage", "trial_reporter"),
+}  # fmt: skip
+_MODULE_OF = {name: module for module, names in LATER.items() for name in names}
+
+
+def __getattr__(name: str) -> Any:
+    """A name of a module in `LATER`, imported now (PEP 562)."""
+    if name not in _MODULE_OF:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    return getattr(import_module(f"{__name__}.{_MODULE_OF[name]}"), name)
 
 
 class Tracker(Protocol):
@@ -106,43 +106,7 @@ class NoTracker:
 
 
 __all__ = [
-    "PRUNED_ATTR",
-    "RUN_ATTR",
-    "Claim",
-    "NoTracker",
-    "TrialReporter",
-    "make_pruner",
-    "open_storage",
-    "study_storage",
-    "trial_reporter",
-    "Promotion",
-    "STATE",
-    "SweepCallback",
-    "Tracker",
-    "basic_sweep",
-    "by_config",
-    "check_scheme",
-    "check_store",
-    "child_rows",
-    "connect",
-    "download_model_files",
-    "existing_store",
-    "finish",
-    "flatten",
-    "how_to_open",
-    "in_multirun",
-    "job_failed",
-    "log_results",
-    "open_run",
-    "promote",
-    "redact",
-    "resolve_model_uri",
-    "run_checkpoint",
-    "run_row",
-    "run_status",
-    "sqlite_path",
-    "table_by_config",
-    "threads_per_job",
-    "tracking_uri",
-    "write_by_config",
-]
+    "Claim", "NoTracker", "STATE", "SweepCallback", "Tracker", "basic_sweep", "check_scheme",
+    "check_store", "close_parent", "connect", "flatten", "how_to_open", "in_multirun", "job_failed",
+    "open_run", "redact", "sqlite_path", "threads_per_job", "tracking_uri", *_MODULE_OF,
+]  # fmt: skip

@@ -1,5 +1,6 @@
-"""What a run was trained on, and which runs are the same experiment.
+"""Where a run came from, what it was trained on, and which runs are the same experiment.
 
+- `origin_tags`: the code's commit (and whether it had uncommitted changes) and the machine.
 - `config_digest`: a stable hash of a run's resolved config without its seed, its bookkeeping
   keys and its paths; runs that differ only in their seed share it (tag `config_digest`).
 - `dataset_facts`, `log_datasets`: the run's train, val and test splits as MLflow dataset
@@ -9,6 +10,8 @@
 
 import hashlib
 import json
+import socket
+import subprocess
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +21,7 @@ from omegaconf import DictConfig, OmegaConf
 DIGEST_EXCLUDES = ("seed", "repeats", "resume", "force", "sweep_name", "mlflow", "checkpoint")
 PATH_KEYS = {"data": ("root", "cache_dir", "download")}
 NAMES = {"MNIST": "mnist", "FashionMNIST": "fashion_mnist"}  # torchvision class -> data option
+HOST_TAG = "mnistlab.host"  # the machine a run trains on: where its folder and lock are
 
 
 def digest_fields(cfg: DictConfig) -> dict[str, Any]:
@@ -93,3 +97,25 @@ def log_datasets(client: Any, run_id: str, facts: dict[str, Any]) -> None:
         tags = [InputTag(MLFLOW_DATASET_CONTEXT, split), InputTag("samples", str(samples))]
         inputs.append(DatasetInput(dataset._to_mlflow_entity(), tags))
     client.log_inputs(run_id, datasets=inputs)
+
+
+def git_state() -> dict[str, str]:
+    """The commit of the mnistlab checkout and whether it has uncommitted changes, if in git."""
+    src = Path(__file__).resolve().parent
+
+    def git(*args: str) -> str:
+        return subprocess.run(
+            ["git", "-C", str(src), *args], capture_output=True, text=True, timeout=10, check=True
+        ).stdout.strip()
+
+    try:
+        sha = git("rev-parse", "HEAD")
+        dirty = bool(git("status", "--porcelain", "--untracked-files=no"))
+    except (OSError, subprocess.SubprocessError):
+        return {}
+    return {"mlflow.source.git.commit": sha, "git.dirty": str(dirty).lower()}
+
+
+def origin_tags() -> dict[str, str]:
+    """The commit and the machine, for a run's tags."""
+    return {**git_state(), HOST_TAG: socket.gethostname()}

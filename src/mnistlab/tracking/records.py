@@ -1,7 +1,12 @@
-"""What comparisons read back of finished runs: one row per run, and a sweep's children."""
+"""What comparisons read back of finished runs: one row per run, a sweep's children, and the
+link that opens MLflow's compare page for a set of runs."""
 
+import json
 import time
 from typing import Any
+from urllib.parse import quote
+
+from mnistlab.tracking.store import how_to_open
 
 
 def run_row(client: Any, run: Any) -> dict[str, Any]:
@@ -43,3 +48,14 @@ def child_rows(client: Any, parent_run_id: str) -> list[dict[str, Any]]:
         if earlier is None or earlier["start_time"] < row["start_time"]:
             rows_by_job[row["job_num"]] = row
     return sorted(rows_by_job.values(), key=lambda r: r["job_num"])
+
+
+def compare_page(uri: str, experiment_id: str, run_ids: list[str]) -> tuple[str, str]:
+    """(the address of MLflow's compare page for `run_ids`, how to open it: the `mlflow ui`
+    command first for a local store)."""
+    runs, experiments = json.dumps(sorted(run_ids)), json.dumps([experiment_id])
+    page = f"#/compare-runs?runs={quote(runs, safe='')}&experiments={quote(experiments, safe='')}"
+    placeholder = "0" * 32
+    how = how_to_open(uri, experiment_id, placeholder)
+    how = how.replace(f"#/experiments/{experiment_id}/runs/{placeholder}", page)
+    return how.rsplit(" ", 1)[-1], how

@@ -24,19 +24,9 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 
 from mnistlab.errors import UserError, exit_code, one_line
 from mnistlab.files import advising, write_csv, write_text
-from mnistlab.jobs import BASIC_SWEEPER, SIZE_ENV
-from mnistlab.tracking.compare import (
-    best_config,
-    by_config,
-    compare_page,
-    config_figure,
-    write_by_config,
-)
-from mnistlab.tracking.guard import Claim
-from mnistlab.tracking.provenance import origin_tags
-from mnistlab.tracking.records import child_rows
+from mnistlab.tracking.lineage import origin_tags
 from mnistlab.tracking.store import connect, redact, tracking_uri
-from mnistlab.tracking.workers import share_of_cores, stop_workers
+from mnistlab.tracking.watchdog import Claim
 
 log = logging.getLogger(__name__)
 
@@ -67,6 +57,8 @@ def in_multirun() -> bool:
 def basic_sweep() -> bool:
     """Whether this multirun's jobs come from Hydra's basic sweeper, which `python -m train`
     expands and checks before Hydra starts (Optuna's values are only known in the job)."""
+    from mnistlab.jobs import BASIC_SWEEPER
+
     return HydraConfig.get().sweeper.get("_target_") == BASIC_SWEEPER
 
 
@@ -106,9 +98,19 @@ def threads_per_job() -> int | None:
         return None
     from joblib import effective_n_jobs
 
+    from mnistlab.jobs import SIZE_ENV
+
     n_jobs = effective_n_jobs(launcher.get("n_jobs"))
     size = int(os.environ.get(SIZE_ENV) or n_jobs)  # known for a sweep checked as a whole
     return share_of_cores(min(n_jobs, size))
+
+
+def share_of_cores(n: int) -> int:
+    """Torch threads for one of `n` jobs at once: its share of the cores this process may use,
+    as joblib counts them (its CPU affinity: taskset, SLURM's cpuset; a container's quota)."""
+    from joblib import cpu_count
+
+    return max(1, cpu_count() // max(1, n))
 
 
 def job_failed(err: Exception) -> float:
@@ -182,7 +184,6 @@ class SweepCallback(Callback):
             STATE.claim = Claim(sweep_dir, f"hydra.sweep.dir={sweep_dir}", then="rerun")
         except UserError as err:
             print(f"Error: {err}", file=sys.stderr)
-            stop_workers(kill=True)
             raise SystemExit(2) from None
         swept = swept_keys(config)
         name = config.get("sweep_name") or f"{sweep_dir.parent.name}_{sweep_dir.name}"
@@ -219,7 +220,7 @@ class SweepCallback(Callback):
 
 
 def close_parent(status: str) -> None:
-    """End the parent run, if one is open (also after an interrupted sweep)."""
+    """End the parent run, if one is open (also at exit, after an interrupted sweep)."""
     if STATE.parent_run_id is not None:
         try:
             STATE.client.set_terminated(STATE.parent_run_id, status)
@@ -229,15 +230,12 @@ def close_parent(status: str) -> None:
             os.environ.pop(PARENT_ENV, None)
 
 
-def finish(status: str) -> None:
-    """At exit: close a parent left open, and stop joblib's workers (killed if interrupted)."""
-    close_parent(status)
-    stop_workers(kill=status == "KILLED")
-
-
 def summarise(client: Any, parent_run_id: str, sweep_dir: Path) -> int:
     """Log best metrics, summary.csv, summary_by_config.csv, summary.png and the compare page's
     link on the parent; return the failed job count."""
+    from mnistlab.summary import by_config
+    from mnistlab.tracking.records import child_rows
+
     rows = child_rows(client, parent_run_id)
     failed_marks = list(sweep_dir.rglob(FAILED_MARK))
     failed = max(len(failed_marks), sum(r["status"] != "FINISHED" for r in rows))
@@ -262,6 +260,8 @@ def summarise(client: Any, parent_run_id: str, sweep_dir: Path) -> int:
 def log_best(client: Any, parent_run_id: str, groups: list[dict[str, Any]]) -> None:
     """best/* and best_run_id on the parent: the config with the best mean val acc, and its best
     seed (with one seed per config, simply the best job)."""
+    from mnistlab.summary import best_config
+
     best = best_config(groups)
     if best is None:
         return
@@ -282,6 +282,7 @@ def write_summaries(rows: list, groups: list, swept: list[str], summary_dir: Pat
     """summary.csv (a row per job), summary_by_config.csv (a row per config) and summary.png
     (means with error bars when a config ran more than one seed)."""
     from mnistlab.plots import sweep_summary
+    from mnistlab.summary import config_figure, write_by_config
 
     columns = ["run_id", "job_num", "overrides", "status", "best_val_acc", "final_test_acc",
                "final_test_loss", "duration_s", "config_digest"]  # fmt: skip
@@ -295,6 +296,8 @@ def write_summaries(rows: list, groups: list, swept: list[str], summary_dir: Pat
 
 def link_compare_page(client: Any, parent_run_id: str, rows: list[dict[str, Any]]) -> None:
     """Tag the parent with the link to MLflow's compare page for its children, and print it."""
+    from mnistlab.tracking.records import compare_page
+
     if not rows:
         return
     experiment_id = client.get_run(parent_run_id).info.experiment_id

@@ -20,7 +20,7 @@ from mnistlab.tracking.store import SQLITE_PREFIX, redact, sqlite_path, tracking
 
 log = logging.getLogger(__name__)
 
-SWEEPER = "hydra_plugins.mnistlab_optuna_sweeper.sweeper.MnistlabOptunaSweeper"
+SWEEPER = "hydra_plugins.mnistlab_optuna_sweeper.MnistlabOptunaSweeper"
 PRUNED_ATTR = "pruned_epoch"  # set on a trial by its job when the pruner stops it
 RUN_ATTR = "mlflow_run_id"  # set on a trial by its job: the MLflow run recording it
 

@@ -1,21 +1,17 @@
-"""Comparing runs like a scientist: seeds folded into configs, and the UI's compare page.
+"""Comparing runs like a scientist: a sweep's rows with their seeds folded into configs.
 
-`by_config` groups a sweep's rows by their `config_digest` tag (the config without its seed):
-one row per config with the swept values, n, the mean and std of best val acc and final test
-acc, and the run id and seed of its best seed. `best_config` is the config with the best MEAN
-val accuracy. `config_figure` draws the means with error bars. `compare_page` is the link that
-opens MLflow's compare page for a set of runs.
+`by_config` groups the rows (`tracking.child_rows`) by their `config_digest` tag (the config
+without its seed): one row per config with the swept values, n, the mean and std of best val acc
+and final test acc, and the run id and seed of its best seed. `best_config` is the config with
+the best MEAN val accuracy; `config_figure` draws the means with error bars.
 """
 
-import json
 import math
 import statistics
 from pathlib import Path
 from typing import Any
-from urllib.parse import quote
 
 from mnistlab.files import write_csv
-from mnistlab.tracking.store import how_to_open
 
 STATS = ["n", "val_acc_mean", "val_acc_std", "test_acc_mean", "test_acc_std"]
 TAIL = ["best_seed", "best_run_id", "config_digest"]
@@ -106,14 +102,3 @@ def _sortable(value: str) -> tuple[int, float, str]:
         return (0, float(value), value)
     except ValueError:
         return (1, 0.0, value)
-
-
-def compare_page(uri: str, experiment_id: str, run_ids: list[str]) -> tuple[str, str]:
-    """(the address of MLflow's compare page for `run_ids`, how to open it: the `mlflow ui`
-    command first for a local store)."""
-    runs, experiments = json.dumps(sorted(run_ids)), json.dumps([experiment_id])
-    page = f"#/compare-runs?runs={quote(runs, safe='')}&experiments={quote(experiments, safe='')}"
-    placeholder = "0" * 32
-    how = how_to_open(uri, experiment_id, placeholder)
-    how = how.replace(f"#/experiments/{experiment_id}/runs/{placeholder}", page)
-    return how.rsplit(" ", 1)[-1], how

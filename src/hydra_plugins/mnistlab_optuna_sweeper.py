@@ -1,4 +1,11 @@
-"""The search: ask Optuna for a batch of trials, launch them as Hydra jobs (trial N is job N),
+"""mnistlab's Optuna sweeper for Hydra: `-m hparams_search=optuna` (hydra/sweeper=mnistlab_optuna).
+
+Persistent studies (SQLite beside the MLflow store, or any RDB URL), per-epoch pruning from the
+trials' own processes, and the search's results on the MLflow parent run. The search-space
+grammar of hydra-optuna-sweeper 1.3 (MIT, facebookresearch/hydra) is kept. One module: Hydra
+imports every module of a plugin in every run.
+
+The search: ask Optuna for a batch of trials, launch them as Hydra jobs (trial N is job N),
 tell Optuna how each ended, and at the end put the results on the MLflow parent run.
 
 Search-space parsing follows hydra-optuna-sweeper 1.3 (`_impl.py`, MIT, facebookresearch/hydra):
@@ -10,8 +17,14 @@ included, as there), a shuffled range categorical, and a plain value a fixed ove
 import logging
 import math
 import sys
+import warnings
+from collections import Counter
+from dataclasses import dataclass, field
+from enum import Enum
+from pathlib import Path
 from typing import Any
 
+from hydra.core.config_store import ConfigStore
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.core.override_parser.types import Override, Transformer
 from hydra.core.plugins import Plugins
@@ -22,8 +35,58 @@ from omegaconf import DictConfig, OmegaConf
 
 from mnistlab import tracking
 from mnistlab.errors import UserError
+from mnistlab.files import advising, write_text
 
 log = logging.getLogger(__name__)
+
+
+# The sweeper's config (`hydra.sweeper.*`), registered as hydra/sweeper=mnistlab_optuna.
+class Direction(Enum):
+    """Whether the objective (a trial's best val accuracy) is maximised or minimised."""
+
+    maximize = 1
+    minimize = 2
+
+
+class Pruner(Enum):
+    """Which pruner stops hopeless trials after an epoch."""
+
+    none = 1
+    median = 2
+    hyperband = 3
+
+
+@dataclass
+class Warmup:
+    """When the median pruner starts to prune."""
+
+    trials: int = 1  # trials of the study that must finish before any is pruned
+    epochs: int = 1  # epochs every trial runs before it can be pruned
+
+
+@dataclass
+class MnistlabOptunaSweeperConf:
+    """hydra.sweeper for mnistlab's Optuna search."""
+
+    _target_: str = "hydra_plugins.mnistlab_optuna_sweeper.MnistlabOptunaSweeper"
+    _recursive_: bool = False  # the sweeper instantiates the sampler itself (its seed moves on)
+    direction: Direction = Direction.maximize
+    study_name: str = "mnistlab"
+    storage: Any = None  # None: sqlite optuna.db beside the MLflow store
+    n_trials: int = 20
+    n_jobs: int = 1
+    sampler: Any = field(
+        default_factory=lambda: {"_target_": "optuna.samplers.TPESampler", "seed": None}
+    )
+    pruner: Pruner = Pruner.median
+    warmup: Warmup = field(default_factory=Warmup)
+    params: Any = None
+
+
+ConfigStore.instance().store(
+    group="hydra/sweeper", name="mnistlab_optuna", node=MnistlabOptunaSweeperConf,
+    provider="mnistlab",
+)  # fmt: skip
 
 
 def distribution(override: Override) -> Any:
@@ -73,7 +136,7 @@ def search_space(arguments: list[str]) -> tuple[dict[str, Any], dict[str, str]]:
 
 
 class MnistlabOptunaSweeper(Sweeper):
-    """Hydra sweeper over a persistent Optuna study (config: `config.MnistlabOptunaSweeperConf`)."""
+    """Hydra sweeper over a persistent Optuna study (config: `MnistlabOptunaSweeperConf`)."""
 
     def __init__(self, **settings: Any) -> None:
         self.settings = OmegaConf.create(settings)
@@ -103,7 +166,6 @@ class MnistlabOptunaSweeper(Sweeper):
             batch = [study.ask(space) for _ in range(min(to_go, max(1, self.settings.n_jobs)))]
             done += self.run_batch(study, batch, fixed)
             to_go -= len(batch)
-        from hydra_plugins.mnistlab_optuna_sweeper.results import report
 
         report(study, done, self.config, self.settings)
 
@@ -201,3 +263,74 @@ def outcome(study: Any, trial: Any, ret: Any) -> tuple[Any, float | None]:
         log.warning(f"Optuna trial {trial.number} failed (its job answered {value})")
         return TrialState.FAIL, None
     return TrialState.COMPLETE, value
+
+
+# The search's results: counts of this search's trials, the study's best trial in
+# `<sweep dir>/optuna/best_params.yaml`, and Optuna's optimisation-history and param-importance
+# plots (matplotlib PNGs), logged on the MLflow parent run when there is one.
+def report(study: Any, numbers: list[int], config: DictConfig, settings: DictConfig) -> None:
+    """Log and record the counts and the best trial; write and attach the plots."""
+    folder = Path(str(config.hydra.sweep.dir)).resolve() / "optuna"  # made by its first write
+    trials = study.get_trials(deepcopy=False)
+    ours = Counter(t.state.name for t in trials if t.number in numbers)
+    counts = {"complete": ours["COMPLETE"], "pruned": ours["PRUNED"], "failed": ours["FAIL"]}
+    log.info(f"Optuna search: {counts['complete']} completed, {counts['pruned']} pruned, "
+             f"{counts['failed']} failed; the study now holds {len(trials)} trials")  # fmt: skip
+    with advising("hydra.sweep.dir"):
+        files = [write_best(study, folder)] + draw_plots(study, folder)
+    client, parent = tracking.STATE.client, tracking.STATE.parent_run_id
+    if client is None or parent is None:
+        return
+    tags = {f"optuna.n_{k}": str(v) for k, v in counts.items()}
+    tags.update({"optuna.study": study.study_name, "optuna.n_study_trials": str(len(trials))})
+    for key, value in tags.items():
+        client.set_tag(parent, key, value)
+    for path in files:
+        if path is not None:
+            client.log_artifact(parent, str(path))
+
+
+def write_best(study: Any, folder: Path) -> Path | None:
+    """best_params.yaml: the study's best trial (number, value, params, MLflow run id)."""
+    try:
+        best = study.best_trial
+    except ValueError:  # no trial completed yet
+        log.warning("Optuna study has no completed trial: no best_params.yaml")
+        return None
+    best_info = {
+        "study": study.study_name,
+        "trial": best.number,
+        "value": best.value,
+        "params": dict(best.params),
+        "run_id": best.user_attrs.get(tracking.RUN_ATTR),
+    }
+    path = folder / "best_params.yaml"
+    write_text(path, OmegaConf.to_yaml(OmegaConf.create(best_info)))
+    log.info(f"Optuna best trial {best.number}: value {best.value:.4f}, params {best.params}")
+    return path
+
+
+def draw_plots(study: Any, folder: Path) -> list[Path]:
+    """optimization_history.png and param_importances.png (the latter needs two completed
+    trials and a parameter that varied); a plot Optuna cannot draw is skipped with a warning."""
+    import optuna.visualization.matplotlib as ovm
+
+    from mnistlab.plots import save  # the Agg backend: files only
+
+    drawn = []
+    for name, plot in (
+        ("optimization_history", ovm.plot_optimization_history),
+        ("param_importances", ovm.plot_param_importances),
+    ):
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # Optuna's "experimental" warning
+                axes = plot(study)
+            figure = axes.figure if hasattr(axes, "figure") else axes.flat[0].figure
+            figure.set_size_inches(8, 5)
+            figure.tight_layout()
+            save(figure, folder / f"{name}.png")
+            drawn.append(folder / f"{name}.png")
+        except Exception as err:  # too few trials for importances, say
+            log.warning(f"Optuna's {name} plot skipped: {type(err).__name__}: {err}")
+    return drawn
