@@ -7,8 +7,9 @@ does), and trains the MLP 784-512-512-10 with fused Adam (lr 1e-3, batch 64) for
 job on 55,000 of its 60,000 training images, normalised as a run's, evaluating each epoch on the
 other 5,000 (the last ones; a run's are drawn by its seed) and on the test set: no config, no
 checks, no checkpoint, no record, no plots. Prints `first step S` (seconds from FLOOR_START,
-the launcher's clock, if set, else from this script's first line) and `job K: val acc V, test
-acc A`. `--jobs N` trains N fresh models in this one process, as a warm sweep worker would;
+the launcher's clock, if set, else from this script's first line), `epoch E: train S s` (job 0's
+training seconds of each epoch, as a run's `epoch_time_s`) and `job K: val acc V, test acc A`.
+`--jobs N` trains N fresh models in this one process, as a sweep's worker would;
 `--threads N` sets torch's thread count (0: torch's default).
 """
 
@@ -18,7 +19,6 @@ T0 = time.time()  # before torch's import: a first step's time counts it
 
 import argparse  # noqa: E402
 import os  # noqa: E402
-import sys  # noqa: E402
 from pathlib import Path  # noqa: E402
 
 import torch  # noqa: E402
@@ -43,6 +43,7 @@ def job(k: int, epochs: int, data: dict, start: float) -> None:
                           nn.ReLU(), nn.Linear(512, 10))  # fmt: skip
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-3, fused=True)
     for epoch in range(epochs):
+        began = time.perf_counter()
         order = torch.randperm(len(labels))
         for begin in range(0, len(labels), 64):
             idx = order[begin : begin + 64]
@@ -52,6 +53,8 @@ def job(k: int, epochs: int, data: dict, start: float) -> None:
             optimizer.step()
             if k == epoch == begin == 0:
                 print(f"first step {time.time() - start:.3f}", flush=True)
+        if k == 0:
+            print(f"epoch {epoch + 1}: train {time.perf_counter() - began:.3f} s", flush=True)
         val_acc = accuracy(model, *held_out)
         test_acc = accuracy(model, data["test_images"], data["test_labels"])
     print(f"job {k}: val acc {val_acc:.4f}, test acc {test_acc:.4f}", flush=True)
@@ -82,8 +85,6 @@ def main() -> None:
     data = read_cached("torchvision.datasets.MNIST", ROOT, False, CACHE)
     for k in range(args.jobs):
         job(k, args.epochs, data, start)
-    sys.stdout.flush()
-    os._exit(0)  # as python -m train: no teardown of torch's modules
 
 
 if __name__ == "__main__":

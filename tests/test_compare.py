@@ -82,7 +82,7 @@ def test_the_config_digest_ignores_the_seed_and_changes_with_the_config(store):
     assert digests["0.01", "0"] != digests["0.1", "0"]
     assert alone.data.tags["config_digest"] not in digests.values()  # data.val_size=400
     from mnistlab.config import compose
-    from mnistlab.tracking.lineage import config_digest
+    from mnistlab.tracking.tracker import config_digest
 
     here = compose([*FAST, "lr=0.01", "seed=7", "mlflow.log_model=false"])  # this process
     assert config_digest(here) == digests["0.01", "0"]
@@ -150,7 +150,7 @@ def test_each_run_logs_its_splits_as_dataset_inputs_with_digests_of_their_sample
     _, _, _, children, alone = store
     from mnistlab.config import compose
     from mnistlab.parts import build_part
-    from mnistlab.tracking.lineage import split_digest
+    from mnistlab.tracking.tracker import split_digest
 
     def inputs(run) -> dict[str, object]:
         found = {}

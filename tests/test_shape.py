@@ -1,14 +1,15 @@
 """The shape of the code holds: no import cycle, the epoch loop pure torch, one way into
-tracking, layers pointing one way (import-linter's contracts in pyproject.toml), and small
-functions and modules."""
+tracking, layers pointing one way (import-linter's contracts in pyproject.toml), small
+functions and modules, the lean core's budgets, and a plain run that is one process."""
 
 import ast
+import json
 import shutil
 import subprocess
 import sys
 from pathlib import Path
 
-from conftest import REPO
+from conftest import REPO, run_cli
 
 SRC = REPO / "src"
 LINT_IMPORTS = Path(sys.executable).with_name("lint-imports")
@@ -62,3 +63,62 @@ def test_functions_and_modules_stay_small():
                 if length > 60:
                     too_long.append(f"{path.relative_to(REPO)}:{node.lineno} {node.name}: {length}")
     assert not too_long, too_long
+
+
+LINE_BUDGETS = {"src": 5500, "src/mnistlab/tracking": 1800}  # lines of Python, at most
+INTERNALS = ("os._exit", "atexit._run_exitfuncs", "_forkserver_pid", "_CURRENT_DEPTH",
+             "setswitchinterval", "gc.freeze", "PR_SET_PDEATHSIG")  # fmt: skip
+MODULE_BUDGET = 25  # the project's modules a plain run loads, at most
+
+
+def test_the_code_stays_within_its_line_budgets():
+    for folder, budget in LINE_BUDGETS.items():
+        lines = sum(len(p.read_text().splitlines()) for p in (REPO / folder).rglob("*.py"))
+        assert lines <= budget, f"{folder}: {lines} lines, over its budget of {budget}"
+
+
+def test_nothing_leans_on_interpreter_or_library_internals():
+    found = [
+        f"{path.relative_to(REPO)}:{number}: {line.strip()}"
+        for path in sorted([*SRC.rglob("*.py"), *(REPO / "bench").glob("*.py")])
+        for number, line in enumerate(path.read_text().splitlines(), 1)
+        if any(internal in line for internal in INTERNALS)
+    ]
+    assert not found, found
+
+
+# Every Python process a run starts records its command line; the training process, at its
+# exit, the project's modules it loaded (src/: mnistlab, hydra_plugins, train).
+SITE = f"""
+import atexit, json, os, sys
+argv = open("/proc/self/cmdline", "rb").read().split(b"\\0")[:-1]
+with open(os.environ["RECORD"], "a") as out:
+    out.write(json.dumps({{"argv": [a.decode() for a in argv]}}) + "\\n")
+
+def modules():
+    src = {str(SRC)!r}
+    files = {{name: getattr(m, "__file__", None) or "" for name, m in list(sys.modules.items())}}
+    mine = sorted({{file: name for name, file in sorted(files.items())
+                    if file.startswith(src)}}.values())  # __main__ and __mp_main__: train, once
+    with open(os.environ["RECORD"], "a") as out:
+        out.write(json.dumps({{"modules": mine}}) + "\\n")
+
+if b"train" in argv:
+    atexit.register(modules)
+"""
+
+
+def test_a_plain_run_is_one_process_and_its_watchdog_and_loads_few_modules(tmp_path):
+    (tmp_path / "site").mkdir()
+    (tmp_path / "site" / "sitecustomize.py").write_text(SITE)
+    record = tmp_path / "record.jsonl"
+    result = run_cli(["data=synthetic", "epochs=1"], cwd=tmp_path,
+                     PYTHONPATH=str(tmp_path / "site"), RECORD=str(record))  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    entries = [json.loads(line) for line in record.read_text().splitlines()]
+    processes = [e["argv"][1:] for e in entries if "argv" in e]
+    assert processes == [["-m", "train", "data=synthetic", "epochs=1"],
+                         ["-m", "mnistlab.tracking.watchdog"]], processes  # fmt: skip
+    (modules,) = [e["modules"] for e in entries if "modules" in e]
+    assert "mnistlab.recipe" in modules and "mnistlab.loop" in modules  # it did train
+    assert len(modules) <= MODULE_BUDGET, " ".join(modules)

@@ -174,16 +174,18 @@ class MnistlabOptunaSweeper(Sweeper):
         trial left RUNNING by a search that was killed is failed first."""
         import optuna
 
+        from mnistlab import search  # loaded by searches only: Hydra imports this in every run
+
         params = self.settings.params or {}
         space, fixed = search_space([f"{k}={v}" for k, v in params.items()] + list(arguments))
         if not self.settings.study_name:
             raise UserError("hydra.sweeper.study_name=null: name the study (it is resumed by name)")
         job_cfg = OmegaConf.masked_copy(self.config, [k for k in self.config if k != "hydra"])
-        url = tracking.study_storage(self.settings.storage, job_cfg)
+        url = search.study_storage(self.settings.storage, job_cfg)
         study = optuna.create_study(
-            storage=tracking.open_storage(url),
+            storage=search.open_storage(url),
             study_name=str(self.settings.study_name),
-            pruner=tracking.make_pruner(self.settings, self.config.epochs),
+            pruner=search.make_pruner(self.settings, self.config.epochs),
             direction=str(getattr(self.settings.direction, "name", self.settings.direction)),
             load_if_exists=True,
         )
@@ -251,8 +253,10 @@ def outcome(study: Any, trial: Any, ret: Any) -> tuple[Any, float | None]:
     answered NaN (a failed or diverged run), else COMPLETE with its best val accuracy."""
     from optuna.trial import TrialState
 
+    from mnistlab.search import PRUNED_ATTR
+
     now = next(t for t in study.get_trials(deepcopy=False) if t.number == trial.number)
-    if tracking.PRUNED_ATTR in now.user_attrs:
+    if PRUNED_ATTR in now.user_attrs:
         return TrialState.PRUNED, None
     try:
         value = float(ret.return_value)
@@ -292,6 +296,8 @@ def report(study: Any, numbers: list[int], config: DictConfig, settings: DictCon
 
 def write_best(study: Any, folder: Path) -> Path | None:
     """best_params.yaml: the study's best trial (number, value, params, MLflow run id)."""
+    from mnistlab.search import RUN_ATTR
+
     try:
         best = study.best_trial
     except ValueError:  # no trial completed yet
@@ -302,7 +308,7 @@ def write_best(study: Any, folder: Path) -> Path | None:
         "trial": best.number,
         "value": best.value,
         "params": dict(best.params),
-        "run_id": best.user_attrs.get(tracking.RUN_ATTR),
+        "run_id": best.user_attrs.get(RUN_ATTR),
     }
     path = folder / "best_params.yaml"
     write_text(path, OmegaConf.to_yaml(OmegaConf.create(best_info)))

@@ -23,8 +23,7 @@ def weights(model: nn.Module) -> dict[str, torch.Tensor]:
 
 def save_weights(model: nn.Module, path: Path) -> None:
     """Save the weights as a CPU state_dict: `model.load_state_dict(torch.load(path))` reads it."""
-    state = weights(model)
-    atomic_write(path, lambda f: torch.save(state, f))
+    atomic_write(path, lambda f: torch.save(weights(model), f))
 
 
 def save_checkpoint(path: Path, parts: Any, state: TrainState, **about: Any) -> None:

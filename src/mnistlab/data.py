@@ -10,7 +10,7 @@ import contextlib
 import hashlib
 import itertools
 import math
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
 from importlib import import_module
 from pathlib import Path
@@ -135,10 +135,10 @@ class Dataset:
     def inputs(self, images: Tensor, generator: torch.Generator | None = None) -> Tensor:
         """Turn a uint8 batch into normalised float model inputs (B x C x H x W), augmented
         with `generator`'s draws if one is given."""
-        if generator is None or Augment(self.augment) is Augment.none:
-            return normalize(images, self.mean, self.std)
-        images = images.unsqueeze(1) if images.dim() == 3 else images
-        return normalize(augment(images.float(), self.augment, generator), self.mean, self.std)
+        if generator is not None and Augment(self.augment) is not Augment.none:
+            images = images.unsqueeze(1) if images.dim() == 3 else images
+            images = augment(images.float(), self.augment, generator)
+        return normalize(images, self.mean, self.std)
 
     def train_subset(self, size: int) -> "Dataset":
         """The dataset with only the first `size` training samples (a fixed set to overfit)."""
@@ -200,7 +200,25 @@ def hold_out(n: int, val_size: int, seed: int) -> tuple[Tensor, Tensor]:
     return perm[val_size:].sort().values, perm[:val_size].sort().values
 
 
-def read_cached(dataset: str, root: Path, download: bool, cache_dir: Path | None) -> dict:
+def cached(cache_dir: str | Path | None, name: str, stamp: str, build: Callable[[], dict]) -> dict:
+    """`build()`'s tensors, kept as `name`-<key>.pt in `cache_dir` (None: not kept), the key a
+    hash of `stamp` (what they are made from). A corrupt cache is rebuilt, never trusted; an
+    unwritable one only costs the build next time."""
+    key = hashlib.sha1(stamp.encode()).hexdigest()[:12]
+    cache = Path(cache_dir).expanduser() / f"{name}-{key}.pt" if cache_dir else None
+    if cache and cache.exists():
+        try:
+            return torch.load(cache, weights_only=True)
+        except Exception:
+            cache.unlink(missing_ok=True)
+    tensors = build()
+    if cache:
+        with contextlib.suppress(OSError):
+            atomic_write(cache, lambda f: torch.save(tensors, f))
+    return tensors
+
+
+def read_cached(dataset: str, root: Path, download: bool, cache_dir: str | Path | None) -> dict:
     """The dataset's uint8 tensors and class names: decoded from the raw files once, then read
     from a cache file in `cache_dir` keyed by the raw files' names, sizes and times. A cache hit
     does not import torchvision (1.4 s of start-up)."""
@@ -208,34 +226,24 @@ def read_cached(dataset: str, root: Path, download: bool, cache_dir: Path | None
     stamp = "".join(
         f"{p.name}:{p.stat().st_size}:{p.stat().st_mtime_ns};" for p in sorted(raw.glob("*ubyte"))
     )
-    key = hashlib.sha1(f"{dataset}|{root}|{stamp}".encode()).hexdigest()[:12]
-    cache = Path(cache_dir).expanduser() / f"{raw.parent.name}-{key}.pt" if cache_dir else None
-    if cache and stamp and cache.exists():
-        try:
-            return torch.load(cache, weights_only=True)
-        except Exception:  # a corrupt cache is rebuilt, never trusted
-            cache.unlink(missing_ok=True)
-    cls = get_class(dataset)
-    train = cls(str(root), train=True, download=download)
-    test = cls(str(root), train=False, download=download)
-    tensors = {
-        "train_images": train.data,
-        "train_labels": train.targets,
-        "test_images": test.data,
-        "test_labels": test.targets,
-        "classes": list(cls.classes),
-    }
-    if cache and stamp:  # files that were just downloaded are cached on the next run
-        with contextlib.suppress(OSError):  # an unwritable cache only costs the decode next time
-            atomic_write(cache, lambda f: torch.save(tensors, f))
-    return tensors
+
+    def decode() -> dict:
+        cls = get_class(dataset)
+        tensors = {"classes": list(cls.classes)}
+        for name in ("train", "test"):
+            split = cls(str(root), train=name == "train", download=download)
+            tensors[f"{name}_images"], tensors[f"{name}_labels"] = split.data, split.targets
+        return tensors
+
+    about = f"{dataset}|{root}|{stamp}"  # no stamp: files downloaded now are cached next run
+    return cached(cache_dir if stamp else None, raw.parent.name, about, decode)
 
 
 def read_or_explain(dataset: str, root: str, download: bool, cache_dir: str | None) -> dict:
     """`read_cached`, failing in one line that says whether the files are missing or broken."""
     root_path = Path(root).expanduser().resolve()
     try:
-        return read_cached(dataset, root_path, download, Path(cache_dir) if cache_dir else None)
+        return read_cached(dataset, root_path, download, cache_dir)
     except (RuntimeError, OSError) as err:
         cls = get_class(dataset)
         names = [Path(url).name.removesuffix(".gz") for url, _ in cls.resources]
@@ -278,9 +286,7 @@ def load_torchvision(
         from torchvision import transforms
 
         cls = get_class(dataset)
-        transform = transforms.Compose(
-            [transforms.ToTensor(), transforms.Normalize((mean,), (std,))]
-        )
+        transform = transforms.Compose([transforms.ToTensor(), transforms.Normalize(mean, std)])
         train_samples = cls(str(root_path), train=True, transform=transform)
         test_samples = cls(str(root_path), train=False, transform=transform)
     images, labels = t["train_images"], t["train_labels"]

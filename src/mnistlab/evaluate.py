@@ -16,12 +16,9 @@ from mnistlab import plots, tracking
 from mnistlab.cli import one_line_errors
 from mnistlab.errors import UserError
 from mnistlab.files import advising
-from mnistlab.inference import load_trained
+from mnistlab.inference import SOURCE_HELP, load_trained
 from mnistlab.loop import evaluate
 from mnistlab.parts import build_part
-from mnistlab.plots import confusion
-
-SOURCE_HELP = "run output dir, .pth file, runs:/<id>/model.pth, run id, or models:/<name>@<alias>"
 
 
 def evaluate_source(
@@ -35,7 +32,7 @@ def evaluate_source(
     data = build_part(cfg.data, "data", seed=cfg.seed)
     metrics = evaluate(trained.model, data, data.test, 1000, predict=True)
     tested = metrics.pop("predictions")
-    matrix, per_class = confusion(tested.labels, tested.predicted, data.num_classes)
+    matrix, per_class = plots.confusion(tested.labels, tested.predicted, data.num_classes)
 
     name = f"run {trained.run_id}" if trained.run_id else source
     dataset = str(cfg.data.get("dataset", "synthetic")).rsplit(".", 1)[-1]

@@ -55,8 +55,7 @@ def nearest_existing(path: Path) -> Path:
 
 def write_text(path: Path, text: str) -> None:
     """Write `text` to `path` atomically."""
-    data = text.encode()
-    atomic_write(path, lambda f: f.write(data))
+    atomic_write(path, lambda f: f.write(text.encode()))
 
 
 def write_csv(path: Path | str, columns: list[str], rows: Iterable[dict]) -> None:

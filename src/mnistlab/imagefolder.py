@@ -3,8 +3,6 @@
 (resized to `image_size`, converted to `channels`), cached like MNIST, then served on the fast
 path as uint8 tensors."""
 
-import contextlib
-import hashlib
 import os
 from pathlib import Path
 from typing import Annotated
@@ -12,9 +10,8 @@ from typing import Annotated
 import torch
 from torch import Tensor
 
-from mnistlab.data import MEAN, STD, VAL_SIZE, Dataset, Split, hold_out
+from mnistlab.data import MEAN, STD, VAL_SIZE, Dataset, Split, cached, hold_out
 from mnistlab.errors import UserError
-from mnistlab.files import atomic_write
 from mnistlab.options import Augment, Check, at_least
 
 SUFFIXES = {".png", ".jpg", ".jpeg"}
@@ -76,25 +73,18 @@ def read(root: Path, image_size: int, channels: int, cache_dir: str | None) -> d
     classes = sorted(train)
     files = [(c, p) for split in (train, test) for c in classes for p in split.get(c, [])]
     stamp = "".join(f"{p}:{os.stat(p).st_size}:{os.stat(p).st_mtime_ns};" for _, p in files)
-    key = hashlib.sha1(f"{image_size}|{channels}|{stamp}".encode()).hexdigest()[:12]
-    cache = (
-        Path(cache_dir).expanduser() / f"imagefolder-{root.name}-{key}.pt" if cache_dir else None
-    )
-    if cache and cache.exists():
-        try:
-            return torch.load(cache, weights_only=True)
-        except Exception:  # a corrupt cache is rebuilt, never trusted
-            cache.unlink(missing_ok=True)
-    tensors = {"classes": classes}
-    for name, split in (("train", train), ("test", test)):
-        paths = [p for c in classes for p in split.get(c, [])]
-        tensors[f"{name}_images"] = decode(paths, image_size, channels)
-        labels = [classes.index(c) for c in classes for _ in split.get(c, [])]
-        tensors[f"{name}_labels"] = torch.tensor(labels, dtype=torch.long)
-    if cache:  # an unwritable cache only costs the decode next time, as MNIST's
-        with contextlib.suppress(OSError):
-            atomic_write(cache, lambda f: torch.save(tensors, f))
-    return tensors
+
+    def decode_all() -> dict:
+        tensors = {"classes": classes}
+        for name, split in (("train", train), ("test", test)):
+            paths = [p for c in classes for p in split.get(c, [])]
+            tensors[f"{name}_images"] = decode(paths, image_size, channels)
+            labels = [i for i, c in enumerate(classes) for _ in split.get(c, [])]
+            tensors[f"{name}_labels"] = torch.tensor(labels, dtype=torch.long)
+        return tensors
+
+    about = f"{image_size}|{channels}|{stamp}"
+    return cached(cache_dir, f"imagefolder-{root.name}", about, decode_all)
 
 
 def load_imagefolder(

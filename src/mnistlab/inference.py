@@ -15,6 +15,8 @@ from mnistlab import checkpoint, tracking
 from mnistlab.errors import UserError
 from mnistlab.parts import build_part
 
+SOURCE_HELP = "run output dir, .pth file, runs:/<id>/model.pth, run id, or models:/<name>@<alias>"
+
 
 @dataclass
 class Trained:

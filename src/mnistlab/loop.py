@@ -23,7 +23,6 @@ from mnistlab.errors import NonFiniteLossError
 from mnistlab.options import Amp, OnNan
 
 LOG = logging.getLogger(__name__)
-EPOCH_KEYS = [f"{split}/{m}" for split in ("train", "val", "test") for m in ("loss", "acc")]
 
 
 @dataclass
@@ -130,9 +129,7 @@ def evaluate(
             kept.append((labels, *logits.float().softmax(dim=1).max(dim=1)))
     metrics = {"loss": loss_sum.item() / len(split), "acc": correct.item() / len(split)}
     if predict:
-        metrics["predictions"] = Predictions(
-            *(torch.cat(column) for column in zip(*kept, strict=True))
-        )
+        metrics["predictions"] = Predictions(*map(torch.cat, zip(*kept, strict=True)))
     return metrics
 
 

@@ -40,7 +40,15 @@ class MLP(nn.Module):
         return self.linear_relu_stack(self.flatten(x))
 
 
-class CNN(nn.Module):
+class FeaturesClassifier(nn.Module):
+    """A net of two parts: `features` (convolutions), then `classifier` (to logits)."""
+
+    def forward(self, x: Tensor) -> Tensor:
+        """Map a batch of images to class logits."""
+        return self.classifier(self.features(x))
+
+
+class CNN(FeaturesClassifier):
     """Conv3x3(+BatchNorm)+ReLU+MaxPool2 blocks, then one hidden Linear layer and the
     classifier."""
 
@@ -65,12 +73,8 @@ class CNN(nn.Module):
         blocks: list[nn.Module] = []
         for out_channels in channels:
             norm = [nn.BatchNorm2d(out_channels)] if batch_norm else []
-            blocks += [
-                nn.Conv2d(in_channels, out_channels, kernel_size=3, padding=1, bias=not norm),
-                *norm,
-                nn.ReLU(),
-                nn.MaxPool2d(2),
-            ]
+            conv = nn.Conv2d(in_channels, out_channels, kernel_size=3, padding=1, bias=not norm)
+            blocks += [conv, *norm, nn.ReLU(), nn.MaxPool2d(2)]
             in_channels, height, width = out_channels, height // 2, width // 2
         self.features = nn.Sequential(*blocks)
         self.classifier = nn.Sequential(
@@ -81,12 +85,8 @@ class CNN(nn.Module):
             nn.Linear(hidden_size, num_classes),
         )
 
-    def forward(self, x: Tensor) -> Tensor:
-        """Map a batch of images to class logits."""
-        return self.classifier(self.features(x))
 
-
-class LeNet5(nn.Module):
+class LeNet5(FeaturesClassifier):
     """LeCun's LeNet-5: conv5 (6) + pool, conv5 (16) + pool, then 120, 84 and the classes;
     the first conv pads by 2, so a 28x28 image is seen as the original 32x32."""
 
@@ -110,10 +110,6 @@ class LeNet5(nn.Module):
             nn.Flatten(), nn.Linear(size, 120), act(), nn.Linear(120, 84), act(),
             nn.Linear(84, num_classes),
         )  # fmt: skip
-
-    def forward(self, x: Tensor) -> Tensor:
-        """Map a batch of images to class logits."""
-        return self.classifier(self.features(x))
 
 
 class ResidualBlock(nn.Module):
@@ -139,7 +135,7 @@ class ResidualBlock(nn.Module):
         return (self.body(x) + self.shortcut(x)).relu_()
 
 
-class ResNet(nn.Module):
+class ResNet(FeaturesClassifier):
     """A small residual net for small images: a conv3x3 stem of `width` channels, then stages
     of `blocks_per_stage` residual blocks, each stage after the first halving the resolution and
     doubling the channels, then global average pooling and the classifier."""
@@ -174,7 +170,3 @@ class ResNet(nn.Module):
         self.classifier = nn.Sequential(
             nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(channels, num_classes)
         )
-
-    def forward(self, x: Tensor) -> Tensor:
-        """Map a batch of images to class logits."""
-        return self.classifier(self.features(x))

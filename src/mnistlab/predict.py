@@ -14,9 +14,7 @@ import torch
 from mnistlab.cli import one_line_errors
 from mnistlab.data import normalize
 from mnistlab.errors import UserError
-from mnistlab.inference import load_trained
-
-SOURCE_HELP = "run output dir, .pth file, runs:/<id>/model.pth, run id, or models:/<name>@<alias>"
+from mnistlab.inference import SOURCE_HELP, load_trained
 
 
 def read_image(path: Path, shape: tuple[int, int, int]) -> torch.Tensor:
@@ -31,9 +29,8 @@ def read_image(path: Path, shape: tuple[int, int, int]) -> torch.Tensor:
             if image.size != (width, height):
                 image = image.resize((width, height), Image.Resampling.BILINEAR)
             pixels = torch.frombuffer(bytearray(image.tobytes()), dtype=torch.uint8)
-            if channels == 1:
-                return pixels.view(height, width)
-            return pixels.view(height, width, channels).permute(2, 0, 1)
+            pixels = pixels.view(height, width, channels)
+            return pixels[..., 0] if channels == 1 else pixels.permute(2, 0, 1)
     except (OSError, UnidentifiedImageError) as err:
         raise UserError(f"image {path}: not a readable image ({err}); pass PNG or JPEG") from err
 

@@ -226,7 +226,11 @@ def fit(cfg, parts: Parts, state: TrainState, tracker, stop, output_dir: Path) -
     checkpoint. Stops early on train.early_stopping_patience or train.target_loss."""
     opts = loop_settings(cfg)
     epochs = tqdm(range(state.epoch + 1, cfg.epochs + 1), desc="epochs", disable=None, position=0)
-    trial = tracking.trial_reporter(cfg, tracker) if tracking.in_multirun() else None  # Optuna's
+    trial = None
+    if tracking.in_multirun():  # an Optuna trial reports every epoch
+        from mnistlab.search import trial_reporter
+
+        trial = trial_reporter(cfg, tracker)
     for epoch in epochs:
         metrics = run_epoch(cfg, parts, state, opts, (stop, tracker, output_dir))
         epochs.set_postfix(val_acc=f"{metrics['val/acc']:.4f}")

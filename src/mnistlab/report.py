@@ -54,15 +54,11 @@ def collect(client: Any, target: str) -> tuple[str, list[dict[str, Any]]]:
     return title, [tracking.run_row(client, run) for run in runs]
 
 
-def sort_key(metric: str, ascending: bool):
-    """Rows by `metric` (a column or a logged metric such as test/loss), missing values last."""
-
-    def key(row: dict[str, Any]) -> tuple[bool, float]:
-        value = row.get(metric, row["metrics"].get(metric, float("nan")))
-        missing = value is None or math.isnan(value)
-        return (missing, 0.0 if missing else (value if ascending else -value))
-
-    return key
+def sort_key(row: dict[str, Any], metric: str, ascending: bool) -> tuple[bool, float]:
+    """A row's place by `metric` (a column or a logged metric such as test/loss), missing last."""
+    value = row.get(metric, row["metrics"].get(metric, float("nan")))
+    missing = value is None or math.isnan(value)
+    return (missing, 0.0 if missing else (value if ascending else -value))
 
 
 def varying(rows: list[dict[str, Any]]) -> list[str]:
@@ -79,7 +75,7 @@ def varying(rows: list[dict[str, Any]]) -> list[str]:
 
 def report_by_config(title: str, rows: list[dict[str, Any]], path: Path | None) -> None:
     """Print the runs folded by config digest (seeds aggregated); write them as CSV if asked."""
-    keys = [k for k in varying(rows) if k != "seed"]
+    keys = varying(rows)  # summary leaves the seed out of the config keys
     groups = summary.by_config(rows, keys)
     print(f"{title}: {len(rows)} runs in {len(groups)} configs, best mean val acc first")
     print(summary.table_by_config(groups, keys))
@@ -120,7 +116,7 @@ def main(argv: list[str] | None = None) -> None:
         raise UserError(f"{args.target}: no runs to report in {tracking.redact(uri)}")
     if args.by_config:
         return report_by_config(title, rows, args.csv)
-    rows.sort(key=sort_key(args.sort, args.ascending))
+    rows.sort(key=lambda row: sort_key(row, args.sort, args.ascending))
     print(f"{title}: {len(rows)} runs, sorted by {args.sort}")
     print(table(rows))
     if args.csv:

@@ -39,10 +39,9 @@ class StopRequest:
     @contextmanager
     def installed(self) -> Iterator["StopRequest"]:
         """Catch SIGINT and SIGTERM for the duration (in the main thread only)."""
-        if threading.current_thread() is not threading.main_thread():
-            yield self
-            return
-        previous = {s: signal.signal(s, self._handle) for s in (signal.SIGINT, signal.SIGTERM)}
+        main = threading.current_thread() is threading.main_thread()
+        caught = (signal.SIGINT, signal.SIGTERM) if main else ()
+        previous = {s: signal.signal(s, self._handle) for s in caught}
         try:
             yield self
         finally:

@@ -13,8 +13,6 @@ Imported on first use, as a run needs none of them (`LATER`):
 - Reading runs back: `run_status`, `run_checkpoint`, `download_model_files`, `log_results`,
   `existing_store`, and for comparisons `run_row` and `child_rows` (`mnistlab.summary` folds
   their seeds into configs).
-- Optuna trials: `trial_reporter` (a job's per-epoch reports, and whether to prune), and for
-  mnistlab's Optuna sweeper `study_storage`, `open_storage`, `make_pruner`.
 - The registry: `promote` (the best run of a sweep, or a run, as a registered model version
   with an alias), `resolve_model_uri` (models:/<name>@<alias> to its run).
 """
@@ -49,8 +47,6 @@ LATER = {  # module: the names it gives, imported on first use
                "run_status"),
     "records": ("child_rows", "run_row"),
     "registry": ("Promotion", "promote", "resolve_model_uri"),
-    "trials": ("PRUNED_ATTR", "RUN_ATTR", "TrialReporter", "make_pruner", "open_storage",
-               "study_storage", "trial_reporter"),
 }  # fmt: skip
 _MODULE_OF = {name: module for module, names in LATER.items() for name in names}
 
@@ -84,25 +80,11 @@ class Tracker(Protocol):
         """Record the run's train, val and test splits (a mnistlab.data.Dataset) as its inputs."""
 
 
-class NoTracker:
-    """The tracker of a torchrun rank other than 0: it logs nothing (rank 0 logs for all)."""
+class NoTracker(Tracker):
+    """The tracker of a torchrun rank other than 0: it logs nothing (rank 0 logs for all). Its
+    methods are the interface's own, which do nothing."""
 
     run_id = None
-
-    def log_epoch(self, epoch: int, metrics: dict[str, float], steps: dict[str, list]) -> None:
-        """Log nothing."""
-
-    def log_tags(self, tags: dict[str, str]) -> None:
-        """Log nothing."""
-
-    def log_artifact(self, path: Path, artifact_path: str | None = None) -> None:
-        """Log nothing."""
-
-    def log_model(self, model: Any, example: Any) -> None:
-        """Log nothing."""
-
-    def log_dataset(self, data: Any, cfg: Any) -> None:
-        """Log nothing."""
 
 
 __all__ = [

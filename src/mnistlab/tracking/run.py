@@ -18,10 +18,9 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
 from mnistlab.errors import TrackingUnavailable
-from mnistlab.tracking.lineage import config_digest, origin_tags
 from mnistlab.tracking.store import connect, redact, tracking_uri
 from mnistlab.tracking.sweep import child_context
-from mnistlab.tracking.tracker import MlflowTracker
+from mnistlab.tracking.tracker import MlflowTracker, config_digest, origin_tags
 from mnistlab.tracking.watchdog import Claim, close_abandoned
 
 log = logging.getLogger(__name__)

@@ -288,28 +288,22 @@ def store_error(uri: str, err: Exception) -> UserError:
 
 
 def connect(cfg: DictConfig) -> tuple[Any, str]:
-    """Import MLflow and open the run's store and experiment (creating them if new):
-    (client, experiment id)."""
-    return open_store(tracking_uri(cfg), cfg.mlflow.experiment)
-
-
-def open_store(uri: str, experiment: str = "", experiment_id: str = "") -> tuple[Any, str]:
-    """Import MLflow and open store `uri` and its experiment named `experiment` (creating them
-    if new), or the one of id `experiment_id` (a run's, opened again): (client, experiment id)."""
+    """Import MLflow and open the run's store and its experiment `mlflow.experiment` (creating
+    them if new): (client, experiment id)."""
     import mlflow
     from mlflow import MlflowClient
     from mlflow.exceptions import MlflowException
     from sqlalchemy.exc import SQLAlchemyError
 
+    uri, experiment = tracking_uri(cfg), cfg.mlflow.experiment
     check_store(uri)
     mlflow.set_tracking_uri(uri)  # for MLflow calls that take no client, like Model.log
     db = sqlite_path(uri)
     try:
         with store_lock(db):  # the first process creates the store, the others wait for it
             client = MlflowClient(tracking_uri=uri)
-            if not experiment_id:
-                experiment_id = get_experiment_id(client, experiment, uri)
-                check_permission(uri, experiment_id, experiment)
+            experiment_id = get_experiment_id(client, experiment, uri)
+            check_permission(uri, experiment_id, experiment)
             if db is not None:  # WAL: parallel runs write while others read
                 with sqlite3.connect(db, timeout=30) as con:
                     con.execute("PRAGMA journal_mode=WAL")
@@ -323,6 +317,5 @@ def open_store(uri: str, experiment: str = "", experiment_id: str = "") -> tuple
         raise store_error(uri, err) from err
     except (ImportError, SQLAlchemyError) as err:  # no driver, a refusing DB
         raise store_error(uri, err) from err
-    if experiment:  # (a request to the store: not for a run's store opened again mid-run)
-        mlflow.set_experiment(experiment_id=experiment_id)  # where Model.log puts logged models
+    mlflow.set_experiment(experiment_id=experiment_id)  # where Model.log puts logged models
     return client, experiment_id

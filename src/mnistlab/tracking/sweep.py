@@ -24,8 +24,8 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 
 from mnistlab.errors import UserError, exit_code, one_line
 from mnistlab.files import advising, write_csv, write_text
-from mnistlab.tracking.lineage import origin_tags
 from mnistlab.tracking.store import connect, redact, tracking_uri
+from mnistlab.tracking.tracker import origin_tags
 from mnistlab.tracking.watchdog import Claim
 
 log = logging.getLogger(__name__)

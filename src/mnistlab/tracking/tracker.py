@@ -6,6 +6,14 @@ has gone away while training goes on. Artifacts queue behind the metrics; the mo
 once everything before it is in the store. `open_run` (in `mnistlab.tracking.run`) opens and
 closes it. Every MLflow call is made from this process.
 
+What it records of a run's lineage, where it came from and what it was trained on:
+- `origin_tags`: the code's commit (and whether it had uncommitted changes) and the machine.
+- `config_digest`: a stable hash of a run's resolved config without its seed, its bookkeeping
+  keys and its paths; runs that differ only in their seed share it (tag `config_digest`).
+- `dataset_facts`, `log_datasets`: the run's train, val and test splits as MLflow dataset
+  inputs, each with a name, a source and a digest over its exact samples (images and labels),
+  so two runs on the same split share a digest and the val split's digest changes with the seed.
+
 MLflow's own system metrics (`system/cpu_utilization_percentage`, memory, disk, network, and GPU
 where nvidia-ml-py finds one) come from its `SystemMetricsMonitor`, a thread that samples every
 `SAMPLE_S` seconds and logs the mean of `SAMPLES` samples: a point every 10 s, about 360 an hour.
@@ -14,23 +22,32 @@ last point are logged as one last point.
 """
 
 import contextlib
+import hashlib
 import json
 import logging
 import os
 import queue
+import socket
+import subprocess
 import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from omegaconf import DictConfig, OmegaConf
+
 from mnistlab.errors import TrackingUnavailable
-from mnistlab.tracking.lineage import dataset_facts, log_datasets
 from mnistlab.tracking.store import redact, server_problem
 
 log = logging.getLogger(__name__)
 SAMPLE_S = 2.0  # seconds between two samples of the system metrics
 SAMPLES = 5  # samples averaged into one logged point
+# not part of what a run computes: its seed, how it is recorded or resumed, where files live
+DIGEST_EXCLUDES = ("seed", "repeats", "resume", "force", "sweep_name", "mlflow", "checkpoint")
+PATH_KEYS = {"data": ("root", "cache_dir", "download")}
+NAMES = {"MNIST": "mnist", "FashionMNIST": "fashion_mnist"}  # torchvision class -> data option
+HOST_TAG = "mnistlab.host"  # the machine a run trains on: where its folder and lock are
 
 
 class MlflowTracker:
@@ -156,9 +173,26 @@ class MlflowTracker:
 
     def log_model(self, model: Any, example: Any) -> None:
         """Log `model` as an MLflow PyTorch model "model", ready for the Model Registry and
-        `mlflow.pytorch.load_model`, once the store has everything queued before it."""
+        `mlflow.pytorch.load_model`, once the store has everything queued before it; tag the run
+        with its URI. Saved with torch's pickle format and this torch as its one requirement:
+        MLflow's default export imports torch.export, and infers the requirements from every
+        installed package. (`connect` pointed MLflow at the run's store and experiment.)"""
+        import mlflow.pytorch
+        import torch
+        from mlflow.models import Model
+
         self.flush()
-        log_model(self.uri, self.experiment_id, self.run_id, model, example)
+        info = Model.log(
+            artifact_path=None,
+            name="model",
+            flavor=mlflow.pytorch,
+            run_id=self.run_id,
+            pytorch_model=on_cpu(model),
+            input_example=example.cpu().numpy(),  # a batch of 2 keeps the batch size dynamic
+            pip_requirements=[f"torch=={torch.__version__.split('+')[0]}"],  # no +cpu build tag
+            serialization_format="pickle",
+        )
+        self.client.set_tag(self.run_id, "model_uri", info.model_uri)  # for load_model(this)
 
     @property
     def unsent(self) -> int:
@@ -209,38 +243,6 @@ def last_step(client: Any, run_id: str, key: str) -> int:
     return max((m.step for m in client.get_metric_history(run_id, key)), default=0)
 
 
-def log_model(uri: str, experiment_id: str, run_id: str, model: Any, example: Any) -> str:
-    """Log `model` to run `run_id` as an MLflow PyTorch model "model" (what
-    `mlflow.pytorch.log_model` does for the active run), tag the run with its URI; the URI.
-    Saved with torch's pickle format and this torch as its one requirement: MLflow's default
-    export imports torch.export and infers the requirements from every installed package."""
-    import mlflow
-    import mlflow.pytorch
-    from mlflow.models import Model
-
-    mlflow.set_tracking_uri(uri)
-    mlflow.set_experiment(experiment_id=experiment_id)  # where MLflow keeps the logged model
-    info = Model.log(
-        artifact_path=None,
-        name="model",
-        flavor=mlflow.pytorch,
-        run_id=run_id,
-        pytorch_model=on_cpu(model),
-        input_example=example.cpu().numpy(),  # a batch of 2 keeps the batch size dynamic
-        pip_requirements=[f"torch=={torch_version()}"],
-        serialization_format="pickle",  # torch.save: no torch.export import or trace
-    )
-    mlflow.MlflowClient(uri).set_tag(run_id, "model_uri", info.model_uri)  # for load_model(this)
-    return info.model_uri
-
-
-def torch_version() -> str:
-    """This torch's version, without its build tag (+cpu, +cu124)."""
-    import torch
-
-    return torch.__version__.split("+")[0]
-
-
 def on_cpu(model: Any) -> Any:
     """`model` in eval mode on the CPU: a copy if it lives elsewhere, so that the run's own
     model stays where it is."""
@@ -250,3 +252,100 @@ def on_cpu(model: Any) -> Any:
     if any(t.device.type != "cpu" for t in tensors):
         model = copy.deepcopy(model).cpu()
     return model.eval()
+
+
+def digest_fields(cfg: DictConfig) -> dict[str, Any]:
+    """The part of the resolved config that a config digest covers."""
+    container = OmegaConf.to_container(cfg, resolve=True, enum_to_str=True)
+    kept = {k: v for k, v in container.items() if k not in DIGEST_EXCLUDES}
+    for group, keys in PATH_KEYS.items():
+        if isinstance(kept.get(group), dict):
+            kept[group] = {k: v for k, v in kept[group].items() if k not in keys}
+    if isinstance(kept.get("train"), dict):  # how often it logs and whether it draws plots
+        kept["train"] = {k: v for k, v in kept["train"].items() if k not in ("log_every", "plots")}
+    return kept
+
+
+def config_digest(cfg: DictConfig) -> str:
+    """A 12-hex-digit hash of `digest_fields(cfg)`, stable across processes and key order."""
+    text = json.dumps(digest_fields(cfg), sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:12]
+
+
+def split_digest(images: Any, labels: Any) -> str:
+    """A 16-hex-digit sha256 of a split's uint8 images (with their shape) and its labels, read
+    in place (MNIST's three splits: 0.04 s; copied to bytes first, 0.07 s)."""
+    h = hashlib.sha256(str(tuple(images.shape)).encode())
+    h.update(images.detach().cpu().contiguous().numpy())
+    h.update(labels.detach().cpu().contiguous().numpy())
+    return h.hexdigest()[:16]
+
+
+def dataset_name_and_source(data_cfg: DictConfig) -> tuple[str, str]:
+    """(name, source) of a run's dataset: mnist or fashion_mnist and the root folder, an image
+    folder's own name and path, or synthetic and the generator."""
+    target = str(data_cfg.get("_target_", ""))
+    root = data_cfg.get("root")
+    if "dataset" in data_cfg:  # torchvision: MNIST, FashionMNIST
+        cls = str(data_cfg.dataset).rsplit(".", 1)[-1]
+        name = NAMES.get(cls, cls.lower())
+        return name, str(Path(str(root)).expanduser().resolve()) if root else cls
+    if root:  # a folder of images: named after it
+        path = Path(str(root)).expanduser().resolve()
+        return path.name, str(path)
+    return "synthetic", target
+
+
+def dataset_facts(data: Any, cfg: DictConfig) -> dict[str, Any]:
+    """What the run's dataset inputs say of `data` (a mnistlab.data.Dataset): its name, where
+    it comes from, and each split's digest and size."""
+    name, where = dataset_name_and_source(cfg.data)
+    splits = {}
+    for split in ("train", "val", "test"):
+        part = getattr(data, split)
+        splits[split] = (split_digest(part.images, part.labels), len(part))
+    return {"name": name, "where": where, "splits": splits}
+
+
+def log_datasets(client: Any, run_id: str, facts: dict[str, Any]) -> None:
+    """Log the train, val and test splits of `dataset_facts` to run `run_id` as MLflow
+    DatasetInputs with the contexts train, val and test."""
+    from mlflow.data.code_dataset_source import CodeDatasetSource
+    from mlflow.data.dataset_source_registry import resolve_dataset_source
+    from mlflow.data.meta_dataset import MetaDataset
+    from mlflow.entities import DatasetInput, InputTag
+    from mlflow.utils.mlflow_tags import MLFLOW_DATASET_CONTEXT
+
+    name, where = facts["name"], facts["where"]
+    if name == "synthetic":
+        source = CodeDatasetSource({"mlflow.source.name": where})
+    else:
+        source = resolve_dataset_source(where)  # a local folder, or a URL
+    inputs = []
+    for split, (digest, samples) in facts["splits"].items():
+        dataset = MetaDataset(source, name=name, digest=digest)
+        tags = [InputTag(MLFLOW_DATASET_CONTEXT, split), InputTag("samples", str(samples))]
+        inputs.append(DatasetInput(dataset._to_mlflow_entity(), tags))
+    client.log_inputs(run_id, datasets=inputs)
+
+
+def git_state() -> dict[str, str]:
+    """The commit of the mnistlab checkout and whether it has uncommitted changes, if in git."""
+    src = Path(__file__).resolve().parent
+
+    def git(*args: str) -> str:
+        return subprocess.run(
+            ["git", "-C", str(src), *args], capture_output=True, text=True, timeout=10, check=True
+        ).stdout.strip()
+
+    try:
+        sha = git("rev-parse", "HEAD")
+        dirty = bool(git("status", "--porcelain", "--untracked-files=no"))
+    except (OSError, subprocess.SubprocessError):
+        return {}
+    return {"mlflow.source.git.commit": sha, "git.dirty": str(dirty).lower()}
+
+
+def origin_tags() -> dict[str, str]:
+    """The commit and the machine, for a run's tags."""
+    return {**git_state(), HOST_TAG: socket.gethostname()}

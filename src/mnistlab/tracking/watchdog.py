@@ -27,9 +27,8 @@ from pathlib import Path
 from typing import IO, Any
 
 from mnistlab.errors import UserError
-from mnistlab.tracking.lineage import HOST_TAG
 from mnistlab.tracking.store import redact, server_problem
-from mnistlab.tracking.tracker import MlflowTracker
+from mnistlab.tracking.tracker import HOST_TAG, MlflowTracker
 
 DONE = "done"  # what the process tells its watchdog once the run is closed
 LOCK_NAME = ".run.lock"

@@ -1,4 +1,4 @@
-"""Optuna trials seen from both sides: the study's storage and pruner, which the search
+"""The search's Optuna trials seen from both sides: the study's storage and pruner, which the search
 (`hydra_plugins.mnistlab_optuna_sweeper`, in the launching process) and each trial's job (in
 whatever process its launcher runs it: in-process, joblib worker, submitit job, Ray task) open
 alike, and the job's `TrialReporter`, which reports the val accuracy after every epoch through the
@@ -16,7 +16,7 @@ from omegaconf import DictConfig
 
 from mnistlab.config import launch_dir
 from mnistlab.errors import UserError
-from mnistlab.tracking.store import SQLITE_PREFIX, redact, sqlite_path, tracking_uri
+from mnistlab.tracking import redact, sqlite_path, tracking_uri
 
 log = logging.getLogger(__name__)
 
@@ -33,14 +33,14 @@ def study_storage(storage: str | None, cfg: DictConfig) -> str:
     db = sqlite_path(tracking_uri(cfg))
     folder = db.parent if db is not None else launch_dir() / "mlruns"
     Path(folder).mkdir(parents=True, exist_ok=True)
-    return f"{SQLITE_PREFIX}{Path(folder) / 'optuna.db'}"
+    return f"sqlite:///{Path(folder) / 'optuna.db'}"
 
 
 def open_storage(url: str) -> Any:
     """Optuna's RDB storage at `url`; SQLite waits up to a minute for a parallel trial's write."""
     import optuna
 
-    kwargs = {"connect_args": {"timeout": 60}} if url.startswith(SQLITE_PREFIX) else {}
+    kwargs = {"connect_args": {"timeout": 60}} if url.startswith("sqlite:///") else {}
     try:
         return optuna.storages.RDBStorage(url, engine_kwargs=kwargs)
     except Exception as err:  # a bad URL, a missing driver, a server that does not answer
