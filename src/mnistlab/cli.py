@@ -1,7 +1,7 @@
 """What every command line of mnistlab shares: the one-line answer to a user's mistake, and
 `python -m train`'s check of every job's config before Hydra starts."""
 
-import difflib
+import functools
 import os
 import sys
 import tempfile
@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 from omegaconf import DictConfig, OmegaConf
 
 from mnistlab import tracking
-from mnistlab.config import CONF_DIR, compose, rule_of, validate
+from mnistlab.config import CONF_DIR, compose, not_known, rule_of, validate
 from mnistlab.errors import UserError, exit_code, one_line
 from mnistlab.files import nearest_existing
 
@@ -44,6 +44,7 @@ def exit_on_error(err: BaseException) -> None:
 def one_line_errors(main: Callable[..., Any]) -> Callable[..., Any]:
     """Wrap a command's main function: its users' errors end it in one line, with no traceback."""
 
+    @functools.wraps(main)
     def wrapped(*args: Any, **kwargs: Any) -> Any:
         try:
             return main(*args, **kwargs)
@@ -51,7 +52,6 @@ def one_line_errors(main: Callable[..., Any]) -> Callable[..., Any]:
             exit_on_error(err)
             raise
 
-    wrapped.__doc__, wrapped.__name__ = main.__doc__, main.__name__
     return wrapped
 
 
@@ -74,15 +74,12 @@ def explain(err: Exception) -> str:
     while cause.__cause__ is not None and not isinstance(cause, OmegaConfBaseException):
         cause = cause.__cause__
     if isinstance(cause, ConfigAttributeError) and cause.full_key:
-        schema, key, node = cause.object_type, cause.full_key, cause.parent_node
+        schema, node = cause.object_type, cause.parent_node
         known = [f.name for f in fields(schema)] if is_dataclass(schema) else []
         if not known and node is not None:  # a component's node: its YAML's keys
             known = [str(k) for k in node]
-        near = difflib.get_close_matches(key.rsplit(".", 1)[-1], known, n=1)
-        parent = key.rsplit(".", 1)[0] + "." if "." in key else ""
-        return f"{key} is not a known key: " + (
-            f"did you mean {parent}{near[0]}?" if near else f"known keys: {known}"
-        )
+        parent, _, key = cause.full_key.rpartition(".")
+        return str(not_known(key, f"{parent}." if parent else "", known))
     if isinstance(cause, OmegaConfBaseException) and cause.full_key:
         rule = rule_of(cause.object_type, cause.full_key.rsplit(".", 1)[-1])
         fix = f"; use {rule.allowed}" if rule else ""

@@ -20,37 +20,15 @@ MissingConfigException, HydraException, ValueError, ...). No torch, no MLflow.
 from __future__ import annotations
 
 import itertools
-import os
-from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from hydra._internal.config_loader_impl import ConfigLoaderImpl
     from hydra.core.override_parser.types import Override
     from omegaconf import DictConfig
 
 BASIC_SWEEPER = "hydra._internal.core_plugins.basic_sweeper.BasicSweeper"  # Hydra's default
 SIZE_ENV = "MNISTLAB_SWEEP_SIZE"  # in a sweep's jobs: how many jobs it has, where known
-
-
-def _config_loader(config_dir: str, search_path: list[str] | None) -> ConfigLoaderImpl:
-    """Hydra's config loader for `config_dir` (the app's config_path) and the extra config dirs
-    that `--config-dir` adds: file paths (made absolute) or `pkg://` / `file://` URLs."""
-    from hydra._internal.config_loader_impl import ConfigLoaderImpl
-    from hydra._internal.utils import create_config_search_path
-    from hydra.core.config_search_path import SearchPathQuery
-    from hydra.errors import SearchPathException
-
-    csp = create_config_search_path(os.path.abspath(config_dir))
-    for path in search_path or []:
-        if "://" not in path:
-            path = os.path.abspath(path)
-            if not os.path.isdir(path):  # Hydra's own check and message for --config-dir
-                raise SearchPathException(f"Additional config directory '{path}' not found")
-            path = f"file://{path}"
-        csp.prepend(provider="command-line", path=path, anchor=SearchPathQuery(provider="schema"))
-    return ConfigLoaderImpl(config_search_path=csp)
 
 
 def _sweeper_params(cfg: DictConfig) -> list[str]:
@@ -78,11 +56,6 @@ def _values(override: Override, max_values: int) -> list[str]:
     return [job[0] for job in BasicSweeper.split_arguments([override], None)[0]]
 
 
-def _product(lists: list[list[str]], max_jobs: int) -> Iterator[list[str]]:
-    """The first `max_jobs` jobs of the cartesian product, the last override varying fastest."""
-    return (list(job) for job in itertools.islice(itertools.product(*lists), max_jobs))
-
-
 @dataclass
 class Sweep:
     """A multirun command line's jobs, expanded before Hydra starts."""
@@ -92,33 +65,29 @@ class Sweep:
     complete: bool  # whether `jobs` holds every job of the sweep
 
 
-def sweep_jobs(
-    overrides: list[str],
-    config_dir: str,
-    config_name: str = "config",
-    max_jobs: int = 1000,
-    search_path: list[str] | None = None,
-) -> Sweep:
+def sweep_jobs(overrides: list[str], config_dir: str, max_jobs: int = 1000) -> Sweep:
     """Each job's override list for `python APP -m OVERRIDES`, as Hydra's basic sweeper runs it,
     with the sweeper the config chose and whether those are all the jobs.
 
-    `overrides` are the command line's overrides (no flags); `config_dir` and `config_name` are
-    the app's primary config dir and config; `search_path` lists extra config dirs, as
-    `--config-dir` gives one. The ConfigStore must hold what the configs need, as in the app.
+    `overrides` are the command line's overrides (no flags: `python -m train` leaves a command
+    line with Hydra's flags, such as `--config-dir`, to Hydra); `config_dir` is the app's config
+    dir, with `config.yaml`. The ConfigStore must hold what the configs need, as in the app.
 
     A job's list holds its task overrides only: Hydra composes each job with the command
     line's `hydra.*` overrides first (ConfigLoaderImpl.load_sweep_config). Only the first
     `max_jobs` jobs are built (in Hydra's order), so a huge sweep costs no more than that.
     """
+    from hydra._internal.config_loader_impl import ConfigLoaderImpl
+    from hydra._internal.utils import create_config_search_path
     from hydra.core.override_parser.overrides_parser import OverridesParser
     from hydra.types import RunMode
     from omegaconf import OmegaConf
 
     if max_jobs < 1:
         raise ValueError(f"max_jobs must be at least 1, got {max_jobs}")
-    loader = _config_loader(config_dir, search_path)
+    loader = ConfigLoaderImpl(config_search_path=create_config_search_path(config_dir))
     cfg = loader.load_configuration(
-        config_name=config_name, overrides=list(overrides), run_mode=RunMode.MULTIRUN
+        config_name="config", overrides=list(overrides), run_mode=RunMode.MULTIRUN
     )
     task = OmegaConf.to_container(cfg.hydra.overrides.task, resolve=False)  # as Hydra.multirun
     arguments = _sweeper_params(cfg) + task
@@ -126,6 +95,7 @@ def sweep_jobs(
     by_key: dict[str, list[str]] = {}  # a repeated key keeps its first place, takes the last values
     for override in parsed:
         by_key[override.get_key_element()] = _values(override, max_jobs + 1)
-    jobs = list(_product(list(by_key.values()), max_jobs + 1))
+    product = itertools.product(*by_key.values())  # the last override varying fastest
+    jobs = [list(job) for job in itertools.islice(product, max_jobs + 1)]
     sweeper = str(cfg.hydra.sweeper.get("_target_", ""))
     return Sweep(jobs[:max_jobs], sweeper, complete=len(jobs) <= max_jobs)

@@ -35,23 +35,17 @@ def collect(client: Any, target: str) -> tuple[str, list[dict[str, Any]]]:
     if experiment is not None:
         runs = client.search_runs([experiment.experiment_id], max_results=10_000)
         parents = {r.data.tags.get("mlflow.parentRunId") for r in runs}
-        runs = [r for r in runs if r.info.run_id not in parents]
-        title = f"experiment {target}"
-    else:
-        try:
-            parent = client.get_run(target)
-        except MlflowException as err:
-            raise UserError(
-                f"{target}: no such experiment or run in this store; name an experiment "
-                "(default mnistlab) or a sweep's parent run id, and --tracking-uri if elsewhere"
-            ) from err
-        runs = client.search_runs(
-            [parent.info.experiment_id],
-            filter_string=f"tags.`mlflow.parentRunId` = '{target}'",
-            max_results=10_000,
-        )
-        title = f"sweep {parent.info.run_name} ({target})"
-    return title, [tracking.run_row(client, run) for run in runs]
+        rows = [tracking.run_row(client, r) for r in runs if r.info.run_id not in parents]
+        return f"experiment {target}", rows
+    try:
+        parent = client.get_run(target)
+    except MlflowException as err:
+        raise UserError(
+            f"{target}: no such experiment or run in this store; name an experiment "
+            "(default mnistlab) or a sweep's parent run id, and --tracking-uri if elsewhere"
+        ) from err
+    # its jobs, as the sweep's summary has them (a job run again: its latest run)
+    return f"sweep {parent.info.run_name} ({target})", tracking.child_rows(client, target)
 
 
 def sort_key(row: dict[str, Any], metric: str, ascending: bool) -> tuple[bool, float]:

@@ -44,8 +44,7 @@ from mnistlab.tracking.watchdog import Claim
 
 LATER = {  # module: the names it gives, imported on first use
     "lookup": ("download_model_files", "existing_store", "log_results", "run_checkpoint",
-               "run_status"),
-    "records": ("child_rows", "run_row"),
+               "run_status", "child_rows", "run_row"),
     "registry": ("Promotion", "promote", "resolve_model_uri"),
 }  # fmt: skip
 _MODULE_OF = {name: module for module, names in LATER.items() for name in names}

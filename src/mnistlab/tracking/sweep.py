@@ -234,7 +234,7 @@ def summarise(client: Any, parent_run_id: str, sweep_dir: Path) -> int:
     """Log best metrics, summary.csv, summary_by_config.csv, summary.png and the compare page's
     link on the parent; return the failed job count."""
     from mnistlab.summary import by_config
-    from mnistlab.tracking.records import child_rows
+    from mnistlab.tracking.lookup import child_rows
 
     rows = child_rows(client, parent_run_id)
     failed_marks = list(sweep_dir.rglob(FAILED_MARK))
@@ -296,7 +296,7 @@ def write_summaries(rows: list, groups: list, swept: list[str], summary_dir: Pat
 
 def link_compare_page(client: Any, parent_run_id: str, rows: list[dict[str, Any]]) -> None:
     """Tag the parent with the link to MLflow's compare page for its children, and print it."""
-    from mnistlab.tracking.records import compare_page
+    from mnistlab.tracking.lookup import compare_page
 
     if not rows:
         return

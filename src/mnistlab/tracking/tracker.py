@@ -22,6 +22,7 @@ last point are logged as one last point.
 """
 
 import contextlib
+import copy
 import hashlib
 import json
 import logging
@@ -246,12 +247,8 @@ def last_step(client: Any, run_id: str, key: str) -> int:
 def on_cpu(model: Any) -> Any:
     """`model` in eval mode on the CPU: a copy if it lives elsewhere, so that the run's own
     model stays where it is."""
-    import copy
-
-    tensors = [*model.parameters(), *model.buffers()]
-    if any(t.device.type != "cpu" for t in tensors):
-        model = copy.deepcopy(model).cpu()
-    return model.eval()
+    elsewhere = any(t.device.type != "cpu" for t in [*model.parameters(), *model.buffers()])
+    return (copy.deepcopy(model).cpu() if elsewhere else model).eval()
 
 
 def digest_fields(cfg: DictConfig) -> dict[str, Any]:
