@@ -6,9 +6,10 @@ epoch against the floor, side by side in one run.
 - one epoch as a whole process, mnistlab and the tutorial taking turns, `--repeats` times
   (medians);
 - `--epochs` epochs (the tutorial's 10 by default) as a whole process, once each;
-- every epoch of that run against the floor's epoch: the training seconds a run logs as
-  `epoch_time_s`, against the median epoch of `bench/floor.py` (a process that only imports
-  torch, reads the cached data, trains and evaluates: no config, checks or records);
+- every epoch against the floor's: the training seconds a run logs as `epoch_time_s`, against
+  the median epoch of `bench/floor.py` (a process that only imports torch, reads the cached data,
+  trains and evaluates: no config, checks or records), `--repeats` runs of 3 epochs of each
+  taking turns (this VM's speed drifts within minutes), medians per epoch;
 - a sweep of `--sweep-jobs` one-epoch jobs (`hydra/launcher=joblib hydra.launcher.n_jobs=2`)
   against the tutorial script run that many times in a row (0 skips it);
 - `python -m train --cfg job` and `--help`, which import no torch.
@@ -102,15 +103,20 @@ def measure(args: argparse.Namespace) -> dict[str, tuple[str, float]]:
         "x",
         out["one epoch, mnistlab"][1] / out["one epoch, tutorial"][1],
     )
-    slow, epochs = tutorial(args.epochs), mnistlab([f"epochs={args.epochs}"])
+    slow, epochs = tutorial(args.epochs), mnistlab([f"epochs={args.epochs}"])[0]
     out[f"{args.epochs} epochs, tutorial"] = ("s", slow)
-    out[f"{args.epochs} epochs, mnistlab"] = ("s", epochs[0])
-    out["epochs / tutorial"] = ("x", epochs[0] / slow)
-    floor_epoch = statistics.median(floor(args.epochs)[1])
+    out[f"{args.epochs} epochs, mnistlab"] = ("s", epochs)
+    out["epochs / tutorial"] = ("x", epochs / slow)
+    runs, floors = [], []
+    for _ in range(args.repeats):  # taking turns
+        runs.append(mnistlab(["epochs=3"])[1])
+        floors += floor(3)[1]
+    floor_epoch = statistics.median(floors)
     out["floor epoch (bench/floor.py)"] = ("s, median", floor_epoch)
-    for k, seconds in enumerate(epochs[1], 1):
-        out[f"epoch {k} / floor epoch"] = ("x", seconds / floor_epoch)
-    out["slowest epoch / floor epoch"] = ("x", max(epochs[1]) / floor_epoch)
+    for k, seconds in enumerate(zip(*runs, strict=True), 1):
+        out[f"epoch {k} / floor epoch"] = ("x, median", statistics.median(seconds) / floor_epoch)
+    slowest = max(v for name, (_, v) in out.items() if name.startswith("epoch ") and "/" in name)
+    out["slowest epoch / floor epoch"] = ("x", slowest)
     if args.sweep_jobs:
         seeds = ",".join(str(s) for s in range(args.sweep_jobs))
         sweep = mnistlab(["-m", "epochs=1", f"seed={seeds}", "hydra/launcher=joblib",
