@@ -80,18 +80,22 @@ def free_port() -> int:
 
 @contextmanager
 def mlflow_server(
-    folder: Path, port: int | None = None, stop: signal.Signals = signal.SIGTERM
+    folder: Path, port: int | None = None, stop: signal.Signals = signal.SIGTERM, plain=False
 ) -> Iterator[str]:
     """A real `mlflow server` on 127.0.0.1 over a SQLite store and an artifact store (proxied as
     mlflow-artifacts:) in `folder`; its URL, once /health answers. `stop` ends it (SIGKILL: a
-    crash, with no graceful shutdown that could still serve a request)."""
+    crash, with no graceful shutdown that could still serve a request). `plain`: `mlflow ui` as a
+    newcomer types it in `folder`, no flags (the port from MLFLOW_PORT, as MLflow reads it)."""
     port = port or free_port()
     folder.mkdir(parents=True, exist_ok=True)
+    mlflow = str(Path(sys.executable).with_name("mlflow"))
+    cmd = [mlflow, "ui"] if plain else [
+        mlflow, "server", "--host", "127.0.0.1", "--port", str(port), "--backend-store-uri",
+        f"sqlite:///{folder / 'mlflow.db'}", "--artifacts-destination", str(folder / "artifacts"),
+        "--workers", "1"]  # fmt: skip
     proc = subprocess.Popen(
-        [str(Path(sys.executable).with_name("mlflow")), "server", "--host", "127.0.0.1",
-         "--port", str(port), "--backend-store-uri", f"sqlite:///{folder / 'mlflow.db'}",
-         "--artifacts-destination", str(folder / "artifacts"), "--workers", "1"],
-        cwd=folder, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+        cmd, cwd=folder, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        start_new_session=True, env={**os.environ, "MLFLOW_PORT": str(port)},
     )  # fmt: skip
     url = f"http://127.0.0.1:{port}"
     try:

@@ -40,7 +40,7 @@ def store(tmp_path_factory):
     ]
     result = run_cli([*FAST, *single], cwd=cwd)
     assert result.returncode == 0, result.stderr[-3000:]
-    client = MlflowClient(f"sqlite:///{cwd / 'mlruns' / 'mlflow.db'}")
+    client = MlflowClient(f"sqlite:///{cwd / 'mlflow.db'}")
     runs = client.search_runs([client.get_experiment_by_name("mnistlab").experiment_id])
     (parent,) = [r for r in runs if "sweep.dir" in r.data.tags]
     children = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id]

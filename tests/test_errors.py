@@ -22,7 +22,7 @@ from mnistlab.errors import UserError, WriteError
 
 def running_runs(cwd: Path) -> list[str]:
     """Ids of runs left RUNNING in the default store under `cwd` (none if there is no store)."""
-    db = cwd / "mlruns" / "mlflow.db"
+    db = cwd / "mlflow.db"
     if not db.exists():
         return []
     with sqlite3.connect(db) as con:
@@ -121,7 +121,7 @@ def test_truncated_dataset_files_are_named_unreadable_not_missing(tmp_path):
 
 
 def test_a_store_file_that_is_no_database_is_named_and_left_alone(tmp_path):
-    db = tmp_path / "mlruns" / "mlflow.db"
+    db = tmp_path / "mlflow.db"
     db.parent.mkdir()
     db.write_bytes(b"not sqlite " * 500)
     for args in (SYNTH, ["-m", *SYNTH, "seed=0,1"]):
@@ -151,7 +151,7 @@ def test_a_full_disk_fails_the_run_in_one_line_and_leaves_no_partial_checkpoint(
     assert line.startswith(f"Error: cannot write {run_dir / 'last.pth'} ("), result.stderr[-2000:]
     assert "free space on that disk or point hydra.run.dir elsewhere" in line
     assert not list(run_dir.glob("*.pth*")) and not list(run_dir.glob(".*.tmp*"))
-    client = MlflowClient(f"sqlite:///{tmp_path / 'mlruns' / 'mlflow.db'}")
+    client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
     (run,) = client.search_runs([client.get_experiment_by_name("mnistlab").experiment_id])
     assert run.info.status == "FAILED"
     assert run.data.tags["failure_reason"].startswith("WriteError: cannot write")
@@ -175,7 +175,7 @@ def test_a_sweep_job_on_a_full_disk_fails_advising_to_move_the_sweeps_dir(tmp_pa
     assert "1 of 1 sweep jobs failed" in result.stdout + result.stderr
     (job_dir,) = (tmp_path / "multirun").glob("*/*/0")
     assert not list(job_dir.glob("*.pth*")) and not list(job_dir.glob(".*.tmp*"))
-    client = MlflowClient(f"sqlite:///{tmp_path / 'mlruns' / 'mlflow.db'}")
+    client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
     runs = client.search_runs([client.get_experiment_by_name("mnistlab").experiment_id])
     (job,) = [r for r in runs if "mlflow.parentRunId" in r.data.tags]
     assert job.info.status == "FAILED"
@@ -190,7 +190,7 @@ def test_runs_started_together_in_one_folder_keep_their_own_outputs_and_runs(tmp
     for proc in procs:
         output, _ = proc.communicate(timeout=300)
         assert proc.returncode == 0, output[-2000:]
-    client = MlflowClient(f"sqlite:///{tmp_path / 'mlruns' / 'mlflow.db'}")
+    client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
     runs = client.search_runs([client.get_experiment_by_name("mnistlab").experiment_id])
     assert sorted(r.data.params["seed"] for r in runs) == ["1", "2"]
     assert {r.info.status for r in runs} == {"FINISHED"}

@@ -26,7 +26,7 @@ def trained(tmp_path_factory):
     cwd = tmp_path_factory.mktemp("trained")
     result = run_cli(["data=synthetic", "epochs=2", "device=cpu"], cwd=cwd)
     assert result.returncode == 0, result.stderr[-2000:]
-    client, run = only_run(f"sqlite:///{cwd / 'mlruns' / 'mlflow.db'}")
+    client, run = only_run(f"sqlite:///{cwd / 'mlflow.db'}")
     return cwd, client, run
 
 
@@ -71,7 +71,7 @@ def test_evaluate_can_log_eval_metrics_and_the_confusion_matrix_to_the_run(train
 
 def test_the_run_logs_an_mlflow_pytorch_model_that_matches_model_pth(trained):
     cwd, client, run = trained
-    mlflow.set_tracking_uri(f"sqlite:///{cwd / 'mlruns' / 'mlflow.db'}")
+    mlflow.set_tracking_uri(f"sqlite:///{cwd / 'mlflow.db'}")
     exported = mlflow.pytorch.load_model(run.data.tags["model_uri"])
     (logged_model,) = client.search_logged_models([run.info.experiment_id])
     assert logged_model.source_run_id == run.info.run_id
@@ -86,7 +86,7 @@ def test_the_run_logs_an_mlflow_pytorch_model_that_matches_model_pth(trained):
 def test_predict_classifies_pngs_rendered_from_the_test_set(tmp_path, data_root):
     result = run_cli(["epochs=1", "device=cpu", "mlflow.log_model=false"], cwd=tmp_path)
     assert result.returncode == 0, result.stderr[-2000:]
-    client, run = only_run(f"sqlite:///{tmp_path / 'mlruns' / 'mlflow.db'}")
+    client, run = only_run(f"sqlite:///{tmp_path / 'mlflow.db'}")
     import torchvision
 
     test = torchvision.datasets.MNIST(str(data_root), train=False)

@@ -10,7 +10,7 @@ ENV = {"PYTHONPATH": str(REPO / "examples")}
 def test_your_own_model_and_data_train_sweep_and_are_type_checked(tmp_path):
     result = run_cli([*OWN, "epochs=2", "device=cpu"], cwd=tmp_path, **ENV)
     assert result.returncode == 0, result.stderr[-3000:]
-    _, run = only_run(f"sqlite:///{tmp_path / 'mlruns' / 'mlflow.db'}")
+    _, run = only_run(f"sqlite:///{tmp_path / 'mlflow.db'}")
     assert run.data.params["model"] == "wide_mlp" and run.data.params["model.width"] == "256"
     assert run.data.metrics["test/acc"] > 0.9
     sweep = tmp_path / "sweep"
@@ -33,7 +33,7 @@ def only_run_parent(cwd):
     """(client, the sweep's parent run) of the store in `cwd`."""
     from mlflow import MlflowClient
 
-    client = MlflowClient(f"sqlite:///{cwd / 'mlruns' / 'mlflow.db'}")
+    client = MlflowClient(f"sqlite:///{cwd / 'mlflow.db'}")
     runs = client.search_runs([client.get_experiment_by_name("mnistlab").experiment_id])
     (parent,) = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
     return client, parent

@@ -52,7 +52,7 @@ def test_a_folder_of_images_trains_evaluates_and_predicts_with_its_class_names(t
             "device=cpu", "epochs=3", "batch_size=16"]  # fmt: skip
     result = run_cli(args, cwd=tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
-    _, run = only_run(f"sqlite:///{tmp_path / 'mlruns' / 'mlflow.db'}")
+    _, run = only_run(f"sqlite:///{tmp_path / 'mlflow.db'}")
     assert run.data.metrics["test/acc"] >= 0.9
     (run_dir,) = (tmp_path / "outputs").glob("*/*")
     tool = [sys.executable, "-m", "mnistlab.evaluate", str(run_dir)]

@@ -20,13 +20,13 @@ OPTUNA = ["-m", "hparams_search=optuna", *FAST]
 
 
 def study(cwd: Path) -> optuna.Study:
-    """The study `mnistlab` in the default storage: mlruns/optuna.db beside the MLflow store."""
-    return optuna.load_study(study_name="mnistlab", storage=f"sqlite:///{cwd}/mlruns/optuna.db")
+    """The study `mnistlab` in the default storage: optuna.db beside the MLflow store."""
+    return optuna.load_study(study_name="mnistlab", storage=f"sqlite:///{cwd}/optuna.db")
 
 
 def runs(cwd: Path):
     """(client, parents, children) of the experiment in cwd's store."""
-    client = MlflowClient(f"sqlite:///{cwd / 'mlruns' / 'mlflow.db'}")
+    client = MlflowClient(f"sqlite:///{cwd / 'mlflow.db'}")
     found = client.search_runs([client.get_experiment_by_name("mnistlab").experiment_id])
     parents = [r for r in found if "mlflow.parentRunId" not in r.data.tags]
     return client, parents, [r for r in found if "mlflow.parentRunId" in r.data.tags]
@@ -125,7 +125,7 @@ def test_a_killed_search_loses_no_finished_trial_and_resumes(tmp_path):
         deadline = time.monotonic() + 180
         while time.monotonic() < deadline:  # trial 0 done, trial 1 midway through its epochs
             time.sleep(0.5)
-            if not (tmp_path / "mlruns" / "optuna.db").exists():
+            if not (tmp_path / "optuna.db").exists():
                 continue
             try:
                 trials = study(tmp_path).get_trials()

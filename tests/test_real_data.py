@@ -8,7 +8,7 @@ from conftest import only_run, run_cli
 def cli_run(tmp_path, *args: str):
     result = run_cli(list(args), cwd=tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
-    client, run = only_run(f"sqlite:///{tmp_path / 'mlruns' / 'mlflow.db'}")
+    client, run = only_run(f"sqlite:///{tmp_path / 'mlflow.db'}")
     assert run.info.status == "FINISHED"
     return result, run
 

@@ -62,7 +62,7 @@ def test_every_schedule_builds_for_every_optimizer(optimizer, scheduler):
 def test_a_run_logs_the_lr_per_epoch_and_per_log_step_for_per_batch_schedules(tmp_path):
     result = run_cli([*FAST, "epochs=3", "scheduler=step"], cwd=tmp_path)
     assert result.returncode == 0, result.stderr[-2000:]
-    client, run = only_run(f"sqlite:///{tmp_path / 'mlruns' / 'mlflow.db'}")
+    client, run = only_run(f"sqlite:///{tmp_path / 'mlflow.db'}")
     lr = history(client, run.info.run_id, "train/lr")
     assert [s for s, _ in lr] == [1, 2, 3]
     assert [v for _, v in lr] == pytest.approx([1e-3, 7e-4, 4.9e-4])
@@ -70,7 +70,7 @@ def test_a_run_logs_the_lr_per_epoch_and_per_log_step_for_per_batch_schedules(tm
     (tmp_path / "b").mkdir()
     result = run_cli([*FAST, "epochs=2", "scheduler=onecycle"], cwd=tmp_path / "b")
     assert result.returncode == 0, result.stderr[-2000:]
-    client, run = only_run(f"sqlite:///{tmp_path / 'b' / 'mlruns' / 'mlflow.db'}")
+    client, run = only_run(f"sqlite:///{tmp_path / 'b' / 'mlflow.db'}")
     steps = history(client, run.info.run_id, "train/step_lr")
     losses = history(client, run.info.run_id, "train/step_loss")
     assert [s for s, _ in steps] == [s for s, _ in losses] and len(steps) >= 6
@@ -82,7 +82,7 @@ def test_early_stopping_ends_the_run_finished_with_the_epoch(tmp_path):
     args = [*FAST, "epochs=6", "optimizer=sgd", "lr=1e-12", "train.early_stopping_patience=2"]
     result = run_cli(args, cwd=tmp_path)
     assert result.returncode == 0, result.stderr[-2000:]
-    client, run = only_run(f"sqlite:///{tmp_path / 'mlruns' / 'mlflow.db'}")
+    client, run = only_run(f"sqlite:///{tmp_path / 'mlflow.db'}")
     assert run.info.status == "FINISHED" and run.data.tags["early_stopped_epoch"] == "3"
     assert [s for s, _ in history(client, run.info.run_id, "val/acc")] == [1, 2, 3]
 
@@ -123,7 +123,7 @@ def test_ema_weights_are_evaluated_and_saved_and_said_so(tmp_path):
     assert all(torch.equal(saved[k], ema[k]) for k in saved)
     assert not all(torch.equal(saved[k], last["model"][k]) for k in saved)
     evaluated = run_cli_evaluate(run_dir, tmp_path)
-    client, run = only_run(f"sqlite:///{tmp_path / 'mlruns' / 'mlflow.db'}")
+    client, run = only_run(f"sqlite:///{tmp_path / 'mlflow.db'}")
     assert f"test/acc  {run.data.metrics['test/acc']:.4f}" in evaluated  # the EMA's accuracy
 
 
@@ -181,7 +181,7 @@ def test_debug_fast_profile_and_anomaly_runs_are_short_tagged_and_profiled(tmp_p
         extra = ["epochs=1"] if mode == "anomaly" else []
         result = run_cli([*FAST, f"debug={mode}", *extra], cwd=cwd)
         assert result.returncode == 0, result.stderr[-2000:]
-        client, run = only_run(f"sqlite:///{cwd / 'mlruns' / 'mlflow.db'}")
+        client, run = only_run(f"sqlite:///{cwd / 'mlflow.db'}")
         assert run.info.status == "FINISHED" and run.data.tags["debug"] == mode
         artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
         assert ("model_uri" in run.data.tags) == (mode == "anomaly")  # no export when debugging
@@ -197,7 +197,7 @@ def test_debug_fast_profile_and_anomaly_runs_are_short_tagged_and_profiled(tmp_p
 def test_debug_overfit_drives_the_loss_of_a_few_batches_near_zero(tmp_path):
     result = run_cli([*FAST, "debug=overfit"], cwd=tmp_path)
     assert result.returncode == 0, result.stderr[-2000:]
-    client, run = only_run(f"sqlite:///{tmp_path / 'mlruns' / 'mlflow.db'}")
+    client, run = only_run(f"sqlite:///{tmp_path / 'mlflow.db'}")
     losses = history(client, run.info.run_id, "train/loss")
     assert losses[-1][1] <= 0.01 < losses[0][1] and len(losses) < 300
     assert run.data.tags["debug"] == "overfit"
@@ -209,7 +209,7 @@ def test_every_preset_runs_as_one_sweep_with_glob(tmp_path, data_root):
     assert result.returncode == 0, result.stderr[-3000:]
     from mlflow import MlflowClient
 
-    client = MlflowClient(f"sqlite:///{tmp_path / 'mlruns' / 'mlflow.db'}")
+    client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
     runs = client.search_runs([client.get_experiment_by_name("mnistlab").experiment_id])
     children = {r.data.params["experiment"]: r for r in runs if "mlflow.parentRunId" in r.data.tags}
     assert sorted(children) == ["fashion_cnn", "mnist_cnn", "speedrun", "tutorial"]

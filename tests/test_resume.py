@@ -51,7 +51,7 @@ def stop_during_epoch_2(cwd: Path, sig: signal.Signals, run: list[str] = RUN) ->
     )  # fmt: skip
     try:
         deadline = time.monotonic() + 180
-        while logged_epochs(cwd / "mlruns" / "mlflow.db") < 1:
+        while logged_epochs(cwd / "mlflow.db") < 1:
             assert proc.poll() is None and time.monotonic() < deadline, "no epoch was logged"
             time.sleep(0.05)
         wait_for_checkpoint(proc, cwd)
@@ -84,7 +84,7 @@ def straight_run(tmp_path_factory):
     straight = tmp_path_factory.mktemp("straight")
     result = run_cli(RUN, cwd=straight)
     assert result.returncode == 0, result.stderr[-2000:]
-    return only_run(f"sqlite:///{straight / 'mlruns' / 'mlflow.db'}")
+    return only_run(f"sqlite:///{straight / 'mlflow.db'}")
 
 
 SIGNALS = [signal.SIGKILL, signal.SIGINT, signal.SIGTERM]
@@ -96,7 +96,7 @@ def test_stopped_mid_epoch_then_resumed_equals_an_uninterrupted_run(tmp_path, st
     run_dir = stop_during_epoch_2(tmp_path, sig)
     state = torch.load(run_dir / "last.pth", weights_only=True)["state"]  # the TrainState
     assert state["epoch"] == 1
-    client_b, stopped = only_run(f"sqlite:///{tmp_path / 'mlruns' / 'mlflow.db'}")
+    client_b, stopped = only_run(f"sqlite:///{tmp_path / 'mlflow.db'}")
     if sig == signal.SIGKILL:  # no chance to save: epoch 2 so far is lost; the watchdog closes it
         stopped = closed_by_watchdog(client_b, stopped.info.run_id)
         assert state["step"] == 0 and stopped.info.status == "KILLED"
@@ -107,7 +107,7 @@ def test_stopped_mid_epoch_then_resumed_equals_an_uninterrupted_run(tmp_path, st
 
     result = run_cli([f"resume={run_dir}"], cwd=tmp_path)
     assert result.returncode == 0, result.stderr[-2000:]
-    client_b, run_b = only_run(f"sqlite:///{tmp_path / 'mlruns' / 'mlflow.db'}")
+    client_b, run_b = only_run(f"sqlite:///{tmp_path / 'mlflow.db'}")
     assert run_b.info.run_id == stopped.info.run_id and run_b.info.status == "FINISHED"
     assert "failure_reason" not in run_b.data.tags  # the stop it came back from is over
     assert run_b.data.params == run_a.data.params
@@ -191,7 +191,7 @@ def test_resuming_a_folder_that_a_live_run_is_using_is_refused(tmp_path):
     finally:
         proc.send_signal(signal.SIGTERM)
         proc.wait(timeout=60)
-    _, run = only_run(f"sqlite:///{tmp_path / 'mlruns' / 'mlflow.db'}")
+    _, run = only_run(f"sqlite:///{tmp_path / 'mlflow.db'}")
     assert run.info.status == "KILLED"  # untouched by the refused resume: stopped by SIGTERM
 
 
@@ -209,7 +209,7 @@ def test_a_run_killed_with_its_watchdog_is_closed_by_the_next_run(tmp_path):
     finally:
         proc.kill()
         proc.wait(timeout=60)
-    client, killed = only_run(f"sqlite:///{tmp_path / 'mlruns' / 'mlflow.db'}")
+    client, killed = only_run(f"sqlite:///{tmp_path / 'mlflow.db'}")
     assert killed.info.status == "RUNNING"  # nobody was left to close it
 
     result = run_cli(["data=synthetic", "epochs=1", "device=cpu", "train.plots=false",
@@ -224,7 +224,7 @@ def test_a_run_killed_with_its_watchdog_is_closed_by_the_next_run(tmp_path):
 def test_checkpoints_are_kept_and_uploaded_and_resume_by_run_id_works(tmp_path):
     args = ["data=synthetic", "epochs=2", "device=cpu", "checkpoint.log_to_mlflow=true"]
     assert run_cli(args, cwd=tmp_path).returncode == 0
-    client, run = only_run(f"sqlite:///{tmp_path / 'mlruns' / 'mlflow.db'}")
+    client, run = only_run(f"sqlite:///{tmp_path / 'mlflow.db'}")
     run_dir = Path(run.data.tags["hydra.output_dir"])
     last, best = (torch.load(run_dir / n, weights_only=True) for n in ("last.pth", "best.pth"))
     assert last["state"]["epoch"] == 2 and last["run_id"] == run.info.run_id
@@ -237,7 +237,7 @@ def test_checkpoints_are_kept_and_uploaded_and_resume_by_run_id_works(tmp_path):
     # a finished run resumed by its id has nothing left to do, and stays one whole run
     result = run_cli([f"resume={run.info.run_id}"], cwd=tmp_path)
     assert result.returncode == 0, result.stderr[-2000:]
-    client, again = only_run(f"sqlite:///{tmp_path / 'mlruns' / 'mlflow.db'}")
+    client, again = only_run(f"sqlite:///{tmp_path / 'mlflow.db'}")
     assert again.info.status == "FINISHED"
     assert [s for s, _ in history(client, run.info.run_id, "val/acc")] == [1, 2]
 
@@ -297,7 +297,7 @@ def test_rerunning_a_killed_sweep_skips_finished_jobs_and_resumes_the_dead_one(t
     sweep = ["-m", "data=synthetic", "data.train_size=30000", "epochs=3", "device=cpu",
              "seed=0,1,2", f"hydra.sweep.dir={tmp_path / 'sweep'}"]  # fmt: skip
     env = cli_env()
-    db = tmp_path / "mlruns" / "mlflow.db"
+    db = tmp_path / "mlflow.db"
     proc = subprocess.Popen([sys.executable, "-m", "train", *sweep], cwd=tmp_path, env=env,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
     try:  # job 0 has 3 epochs logged and job 1 one epoch: kill during job 1's epoch 2
@@ -345,12 +345,12 @@ def test_resume_is_bit_exact_with_a_schedule_ema_augmentation_and_clipping(tmp_p
     straight.mkdir()
     result = run_cli([*RUN, *EXTRAS], cwd=straight)
     assert result.returncode == 0, result.stderr[-2000:]
-    client_a, run_a = only_run(f"sqlite:///{straight / 'mlruns' / 'mlflow.db'}")
+    client_a, run_a = only_run(f"sqlite:///{straight / 'mlflow.db'}")
     run_dir = stop_during_epoch_2(tmp_path, signal.SIGINT, [*RUN, *EXTRAS])
     assert torch.load(run_dir / "last.pth", weights_only=True)["state"]["step"] >= 1
     result = run_cli([f"resume={run_dir}"], cwd=tmp_path)
     assert result.returncode == 0, result.stderr[-2000:]
-    client_b, run_b = only_run(f"sqlite:///{tmp_path / 'mlruns' / 'mlflow.db'}")
+    client_b, run_b = only_run(f"sqlite:///{tmp_path / 'mlflow.db'}")
     for key in [*EPOCH_METRICS, "train/lr", "train/step_loss", "train/step_lr"]:
         points = history(client_b, run_b.info.run_id, key)
         assert points and points == history(client_a, run_a.info.run_id, key), key

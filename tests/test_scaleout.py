@@ -80,7 +80,7 @@ def test_torchrun_trains_on_2_processes_and_logs_one_run_like_one_process(tmp_pa
     ddp.mkdir(), single.mkdir()
     result = torchrun(["epochs=1", "data=synthetic", "device=cpu"], ddp)
     assert result.returncode == 0, result.stderr[-3000:]
-    client, run = only_run(f"sqlite:///{ddp / 'mlruns' / 'mlflow.db'}")
+    client, run = only_run(f"sqlite:///{ddp / 'mlflow.db'}")
     assert run.info.status == "FINISHED"
     assert run.data.tags["distributed.world_size"] == "2" and run.data.params["batch_size"] == "64"
     assert len(list(ddp.glob("outputs/*/*"))) == 1  # rank 1 wrote nothing of its own
@@ -89,7 +89,7 @@ def test_torchrun_trains_on_2_processes_and_logs_one_run_like_one_process(tmp_pa
     # 2 ranks x 64 per step is one step over the same 128 samples as 1 process at batch 128
     result = run_cli(["epochs=1", "data=synthetic", "device=cpu", "batch_size=128"], single)
     assert result.returncode == 0, result.stderr[-3000:]
-    _, alone = only_run(f"sqlite:///{single / 'mlruns' / 'mlflow.db'}")
+    _, alone = only_run(f"sqlite:///{single / 'mlflow.db'}")
     for key in ["train/loss", "val/acc", "test/acc"]:
         assert abs(run.data.metrics[key] - alone.data.metrics[key]) < 2e-3, key
     assert run.data.metrics["test/acc"] > 0.8
@@ -102,7 +102,7 @@ def test_a_sweep_runs_as_tasks_on_a_local_ray_instance(tmp_path):
     result = run_cli(args, cwd=tmp_path)
     why = "".join(mark.read_text() for mark in tmp_path.rglob("FAILED"))  # a job's reason
     assert result.returncode == 0, why + result.stdout[-3000:] + result.stderr[-3000:]
-    client = MlflowClient(f"sqlite:///{tmp_path / 'mlruns' / 'mlflow.db'}")
+    client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
     runs = client.search_runs([client.get_experiment_by_name("mnistlab").experiment_id])
     (parent,) = [r for r in runs if r.info.run_name == "on-ray"]
     assert parent.data.tags["sweep.launcher"].endswith("RayLauncher")

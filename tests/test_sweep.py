@@ -15,7 +15,7 @@ FAST = ["data=synthetic", "epochs=2", "device=cpu"]
 
 def sweep_record(cwd: Path):
     """(client, parent run, child runs by job number) of the one sweep in cwd's store."""
-    client = MlflowClient(f"sqlite:///{cwd / 'mlruns' / 'mlflow.db'}")
+    client = MlflowClient(f"sqlite:///{cwd / 'mlflow.db'}")
     exp = client.get_experiment_by_name("mnistlab")
     runs = client.search_runs([exp.experiment_id], max_results=1000)
     parents = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]

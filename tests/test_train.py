@@ -1,6 +1,7 @@
 """End-to-end runs on synthetic data, through the CLI and the Python function, checked in MLflow."""
 
 import json
+import os
 import signal
 import sqlite3
 import subprocess
@@ -90,15 +91,40 @@ def test_cli_run_records_everything_in_the_cwd_store(tmp_path):
     assert result.returncode == 0, result.stderr[-3000:]
     log = result.stdout + result.stderr
     assert "Epoch [  1 /   2] Step [    10 /     40] Loss:" in log  # the tutorial's line
-    db = tmp_path / "mlruns" / "mlflow.db"
+    db = tmp_path / "mlflow.db"
     assert db.exists() and (tmp_path / "outputs").is_dir()
     client, run = only_run(f"sqlite:///{db}")
-    assert run.info.artifact_uri.startswith((tmp_path / "mlruns" / "artifacts").as_uri())
+    assert run.info.artifact_uri.startswith((tmp_path / "mlruns").as_uri())
     check_record(client, run, epochs=2, tmp_path=tmp_path)
     assert run.data.tags["hydra.overrides"].startswith("data=synthetic epochs=2")
     out_dir = Path(run.data.tags["hydra.output_dir"]).name
     assert run.info.run_name == f"mlp-adam-synthetic-{out_dir}"  # not MLflow's seeded random name
     assert Path(run.data.tags["hydra.output_dir"]).parent.parent == tmp_path / "outputs"
+
+
+def test_plain_mlflow_finds_the_runs_and_an_older_mlruns_store_is_moved_once(tmp_path):
+    quick = [*FAST, "epochs=1", "mlflow.log_model=false", "train.plots=false"]
+    old = run_cli([*quick, "mlflow.tracking_uri=sqlite:///mlruns/mlflow.db"], cwd=tmp_path)
+    assert old.returncode == 0, old.stderr[-3000:]
+    _, first = only_run(f"sqlite:///{tmp_path / 'mlruns' / 'mlflow.db'}")
+    MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}").search_experiments()  # a stray, empty one
+    new = run_cli(quick, cwd=tmp_path)
+    assert new.returncode == 0, new.stderr[-3000:]
+    assert new.stderr.count("Moved the store") == 1
+    assert not (tmp_path / "mlruns" / "mlflow.db").exists()
+    again = run_cli(quick, cwd=tmp_path)
+    assert again.returncode == 0 and "Moved the store" not in again.stderr
+    found = subprocess.run(  # MLflow's own defaults, in the launch folder: no URI anywhere
+        [sys.executable, "-c", "import mlflow; e = mlflow.get_experiment_by_name('mnistlab'); "
+         "print(e.tags['mlflow.experimentKind']); "
+         "print(*mlflow.search_runs([e.experiment_id], output_format='list'), sep='\\n')"],
+        cwd=tmp_path, env={k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")},
+        capture_output=True, text=True, check=True,
+    ).stdout  # fmt: skip
+    assert found.splitlines()[0] == "custom_model_development"
+    assert found.count("<Run: ") == 3 and first.info.run_id in found
+    client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    assert client.list_artifacts(first.info.run_id)  # the old run's artifacts, where they were
 
 
 def test_python_function_gives_the_same_record_and_returns_best_val_acc(tmp_path, store):
@@ -158,12 +184,12 @@ def test_cli_failure_exits_non_zero_and_marks_the_run_failed(tmp_path):
     result = run_cli([*FAST, "optimizer=sgd", "lr=1e6"], cwd=tmp_path)
     assert result.returncode != 0
     assert "train loss is" in result.stderr
-    _, run = only_run(f"sqlite:///{tmp_path / 'mlruns' / 'mlflow.db'}")
+    _, run = only_run(f"sqlite:///{tmp_path / 'mlflow.db'}")
     assert run.info.status == "FAILED"
 
 
 def test_sigterm_ends_the_run_as_killed_not_running(tmp_path):
-    db = tmp_path / "mlruns" / "mlflow.db"
+    db = tmp_path / "mlflow.db"
     proc = subprocess.Popen(
         [sys.executable, "-m", "train", "data=synthetic", "epochs=1000", "device=cpu"],
         cwd=tmp_path,
@@ -238,7 +264,7 @@ def test_a_users_own_model_in_their_own_folder_trains_and_is_checked_by_its_sign
     args = ["--config-dir", "my_conf", "model=tiny", *FAST, "epochs=1"]
     result = run_cli(args, cwd=tmp_path, PYTHONPATH=str(tmp_path))
     assert result.returncode == 0, result.stderr[-3000:]
-    _, run = only_run(f"sqlite:///{tmp_path / 'mlruns' / 'mlflow.db'}")
+    _, run = only_run(f"sqlite:///{tmp_path / 'mlflow.db'}")
     assert run.info.status == "FINISHED" and run.data.params["model.width"] == "32"
     assert "model_uri" in run.data.tags  # its MLflow model is logged too
     for bad, message in [
@@ -251,27 +277,27 @@ def test_a_users_own_model_in_their_own_folder_trains_and_is_checked_by_its_sign
             result.stderr
         )
         assert result.stderr.startswith(message), result.stderr[-2000:]
-    assert only_run(f"sqlite:///{tmp_path / 'mlruns' / 'mlflow.db'}")  # no run for the mistakes
+    assert only_run(f"sqlite:///{tmp_path / 'mlflow.db'}")  # no run for the mistakes
 
 
 def test_relative_paths_mean_the_launch_folder_with_hydra_job_chdir(tmp_path):
     chdir = [*FAST, "epochs=1", "hydra.job.chdir=true"]
     result = run_cli(chdir, cwd=tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
-    client, run = only_run(f"sqlite:///{tmp_path / 'mlruns' / 'mlflow.db'}")  # not in the run dir
+    client, run = only_run(f"sqlite:///{tmp_path / 'mlflow.db'}")  # not in the run dir
     run_dir = Path(run.data.tags["hydra.output_dir"])
     assert run_dir.parent.parent == tmp_path / "outputs" and not (run_dir / "mlruns").exists()
     relative = run_dir.relative_to(tmp_path)  # resume= of a relative path, from the job's dir
     result = run_cli([f"resume={relative}", "hydra.job.chdir=true"], cwd=tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
-    assert only_run(f"sqlite:///{tmp_path / 'mlruns' / 'mlflow.db'}")[1].info.status == "FINISHED"
+    assert only_run(f"sqlite:///{tmp_path / 'mlflow.db'}")[1].info.status == "FINISHED"
 
 
 def test_the_record_is_complete_when_the_command_returns(tmp_path):
     # every part of the record is in the store once the command has returned: nothing is left behind
     result = run_cli([*FAST, "seed=3"], cwd=tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
-    client, run = only_run(f"sqlite:///{tmp_path}/mlruns/mlflow.db")
+    client, run = only_run(f"sqlite:///{tmp_path}/mlflow.db")
     assert run.info.status == "FINISHED"
     run_id = run.info.run_id
     artifacts = {a.path for a in client.list_artifacts(run_id)}
@@ -292,7 +318,7 @@ def test_the_record_is_complete_when_the_command_returns(tmp_path):
 
 def check_model(run, tmp_path: Path) -> None:
     """The run's MLflow model holds the weights of its model.pth; nothing was left behind."""
-    mlflow.set_tracking_uri(f"sqlite:///{tmp_path}/mlruns/mlflow.db")
+    mlflow.set_tracking_uri(f"sqlite:///{tmp_path}/mlflow.db")
     exported = mlflow.pytorch.load_model(run.data.tags["model_uri"])
     output_dir = Path(run.data.tags["hydra.output_dir"])
     saved = torch.load(output_dir / "model.pth")
@@ -309,7 +335,7 @@ def test_what_is_logged_never_changes_what_is_trained(tmp_path):
                 f"mlflow.system_metrics={logged}"]  # fmt: skip
         result = run_cli(args, cwd=tmp_path / name)
         assert result.returncode == 0, result.stderr[-3000:]
-        _, run = only_run(f"sqlite:///{tmp_path / name / 'mlruns' / 'mlflow.db'}")
+        _, run = only_run(f"sqlite:///{tmp_path / name / 'mlflow.db'}")
         assert ("model_uri" in run.data.tags) == (logged == "true")
         outputs[name] = Path(run.data.tags["hydra.output_dir"])
     weights = {name: torch.load(out / "model.pth") for name, out in outputs.items()}

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import requests
 
-from conftest import REPO, mlflow_server, run_cli
+from conftest import REPO, free_port, mlflow_server, run_cli
 
 ARTIFACTS = Path(os.environ.get("MNISTLAB_TEST_ARTIFACTS", REPO / "test-artifacts"))
 
@@ -18,8 +18,9 @@ def server(tmp_path_factory):
     cwd = tmp_path_factory.mktemp("ui")
     args = ["-m", "data=synthetic", "epochs=2", "device=cpu", "lr=0.001,0.01,0.1",
             "sweep_name=ui-sweep", "mlflow.log_model=false", "train.plots=false"]  # fmt: skip
-    assert run_cli(args, cwd=cwd).returncode == 0
-    with mlflow_server(cwd / "mlruns") as url:
+    port = free_port()  # the sweep's links name the port `mlflow ui` serves on: MLFLOW_PORT
+    assert run_cli(args, cwd=cwd, MLFLOW_PORT=str(port)).returncode == 0
+    with mlflow_server(cwd, port=port, plain=True) as url:  # `mlflow ui`, no flags
         yield url
 
 
@@ -125,11 +126,11 @@ def test_the_sweeps_compare_link_opens_mlflows_compare_page_for_its_jobs(server)
     (link,) = [t["sweep.compare_url"] for t in tags if "sweep.compare_url" in t]
     pairs = zip(runs, tags, strict=True)
     children = sorted(r["info"]["run_id"] for r, t in pairs if "mlflow.parentRunId" in t)
-    assert link.startswith("http://127.0.0.1:5000/#/compare-runs?runs=")
+    assert link.startswith(f"{server}/#/compare-runs?runs=")  # this server's port
     assert all(run_id in link for run_id in children) and len(children) == 3
     driver = chromium()
     try:  # the same page on this test's server: the link's part after the host
-        driver.get(server + "/" + link.split("/", 3)[3])
+        driver.get(link)
         deadline = time.monotonic() + 60
         wanted = ["Comparing 3 Runs", "lr=0.001", "lr=0.01", "lr=0.1", "Parallel Coordinates Plot"]
         while not all(w in driver.find_element(By.TAG_NAME, "body").text for w in wanted):

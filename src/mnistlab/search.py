@@ -9,7 +9,6 @@ whose number is the job's number (the sweeper launches trial N as job N).
 """
 
 import logging
-from pathlib import Path
 from typing import Any
 
 from omegaconf import DictConfig
@@ -27,13 +26,13 @@ RUN_ATTR = "mlflow_run_id"  # set on a trial by its job: the MLflow run recordin
 
 def study_storage(storage: str | None, cfg: DictConfig) -> str:
     """The study's storage URL: `hydra.sweeper.storage`, else optuna.db beside the MLflow store
-    when that is SQLite, else `<launch dir>/mlruns/optuna.db`."""
+    when that is SQLite, else `<launch dir>/optuna.db`."""
     if storage:
         return str(storage)
     db = sqlite_path(tracking_uri(cfg))
-    folder = db.parent if db is not None else launch_dir() / "mlruns"
-    Path(folder).mkdir(parents=True, exist_ok=True)
-    return f"sqlite:///{Path(folder) / 'optuna.db'}"
+    folder = db.parent if db is not None else launch_dir()
+    folder.mkdir(parents=True, exist_ok=True)
+    return f"sqlite:///{folder / 'optuna.db'}"
 
 
 def open_storage(url: str) -> Any:

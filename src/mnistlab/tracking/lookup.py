@@ -29,7 +29,7 @@ def existing_store(uri: str | None) -> str:
     if db is not None and not db.exists():
         raise UserError(
             f"--tracking-uri={redact(store)}: no MLflow store there; "
-            "run from the folder that holds mlruns/ or pass --tracking-uri"
+            "run from the folder that holds mlflow.db or pass --tracking-uri"
         )
     return store
 

@@ -23,14 +23,42 @@ log = logging.getLogger(__name__)
 SQLITE_PREFIX = "sqlite:///"
 STORE_SCHEMES = {"sqlite", "postgresql", "mysql", "mssql", "http", "https", "databricks"}
 _checked: set[str] = set()  # store URIs this process has checked already
+KIND = ("mlflow.experimentKind", "custom_model_development")  # MLflow's UI: the training view
 
 
 def tracking_uri(cfg: DictConfig) -> str:
-    """The store: `mlflow.tracking_uri` (or MLFLOW_TRACKING_URI), else sqlite in mlruns/ of the
-    folder the user launched from; a relative SQLite path means that folder too."""
-    uri = cfg.mlflow.tracking_uri or f"{SQLITE_PREFIX}mlruns/mlflow.db"
-    db = sqlite_path(uri)
+    """The store: `mlflow.tracking_uri` (or MLFLOW_TRACKING_URI), else MLflow's own default,
+    mlflow.db in the folder the user launched from; a relative SQLite path means that folder."""
+    if not cfg.mlflow.tracking_uri:
+        return f"{SQLITE_PREFIX}{adopt_old_store(launch_dir())}"
+    db = sqlite_path(uri := cfg.mlflow.tracking_uri)
     return f"{SQLITE_PREFIX}{launch_dir() / db}" if db and not db.is_absolute() else uri
+
+
+def holds_runs(db: Path) -> bool:
+    """Whether the SQLite store `db` holds any run or registered model."""
+    with contextlib.closing(sqlite3.connect(db, timeout=30)) as con:
+        names = {row[0] for row in con.execute("SELECT name FROM sqlite_master")}
+        return any(con.execute(f"SELECT 1 FROM {t} LIMIT 1").fetchone()
+                   for t in ("runs", "registered_models") if t in names)  # fmt: skip
+
+
+def adopt_old_store(folder: Path) -> Path:
+    """`folder`/mlflow.db, MLflow's default store; an older mnistlab's mlruns/mlflow.db there is
+    moved to it once (its artifacts stay in mlruns/), over an mlflow.db that holds no runs."""
+    db, old = folder / "mlflow.db", folder / "mlruns" / "mlflow.db"
+    if not old.is_file() or (db.exists() and holds_runs(db)):
+        return db
+    with store_lock(db):
+        if old.is_file() and not (db.exists() and holds_runs(db)):
+            with contextlib.closing(sqlite3.connect(old, timeout=30)) as con:
+                con.execute("PRAGMA wal_checkpoint(TRUNCATE)")  # all of it in the one file
+            for suffix in ("-wal", "-shm"):
+                Path(f"{db}{suffix}").unlink(missing_ok=True)
+                Path(f"{old}{suffix}").unlink(missing_ok=True)
+            os.replace(old, db)
+            log.warning(f"Moved the store {old} to {db}, MLflow's default (artifacts stay put)")
+    return db
 
 
 def redact(text: str) -> str:
@@ -159,8 +187,8 @@ def check_server(uri: str, wait_s: float = 10.0) -> None:
         )
     raise UserError(
         f"mlflow.tracking_uri={redact(uri)}: no MLflow server answers there ({problem}); start one "
-        "(mlflow server --host 127.0.0.1 --port 5000 --backend-store-uri sqlite:///mlruns/mlflow.db)"
-        " or record runs locally in ./mlruns with mlflow=local"
+        "(mlflow server --host 127.0.0.1 --port 5000 --backend-store-uri sqlite:///mlflow.db)"
+        " or record runs locally in ./mlflow.db with mlflow=local"
     )
 
 
@@ -221,23 +249,24 @@ def check_store(uri: str) -> None:
 
 
 def artifact_root(uri: str) -> str | None:
-    """A new experiment's artifact root: `artifacts/` beside a SQLite file, else the server's."""
+    """A new experiment's artifact root: `mlruns/` beside a SQLite file (MLflow's default
+    layout), else the server's."""
     db = sqlite_path(uri)
     if db is None:
         return None
     db = db.resolve()
     db.parent.mkdir(parents=True, exist_ok=True)
-    return (db.parent / "artifacts").as_uri()
+    return (db.parent / "mlruns").as_uri()
 
 
 def how_to_open(uri: str, experiment_id: str, run_id: str) -> str:
     """The exact command (or address) that shows a run in the MLflow UI."""
     page = f"#/experiments/{experiment_id}/runs/{run_id}"
     db = sqlite_path(uri)
-    if db is not None:
-        here = launch_dir()
-        store = f"sqlite:///{db.relative_to(here)}" if db.is_relative_to(here) else uri
-        return f"mlflow ui --backend-store-uri {store} --host 127.0.0.1, then open http://127.0.0.1:5000/{page}"
+    if db is not None:  # the port MLflow's UI takes from MLFLOW_PORT, as `mlflow ui` does
+        port, here = os.environ.get("MLFLOW_PORT", "5000"), launch_dir()
+        store = "" if db == here / "mlflow.db" else f" --backend-store-uri {uri}"
+        return f"mlflow ui{store} --port {port}, then open http://127.0.0.1:{port}/{page}"
     return f"open {redact(uri).rstrip('/')}/{page}"
 
 
@@ -253,9 +282,12 @@ def get_experiment_id(client: Any, name: str, uri: str) -> str:
             "choose another name"
         )
     if experiment is not None:
+        if KIND[0] not in experiment.tags:  # made by an older mnistlab, or by MLflow itself
+            with contextlib.suppress(MlflowException):  # no EDIT on a server: it stays as it is
+                client.set_experiment_tag(experiment.experiment_id, *KIND)
         return experiment.experiment_id
     try:
-        return client.create_experiment(name, artifact_location=artifact_root(uri))
+        return client.create_experiment(name, artifact_root(uri), tags=dict([KIND]))
     except MlflowException:  # another process created it first
         return client.get_experiment_by_name(name).experiment_id
 
