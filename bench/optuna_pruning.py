@@ -31,9 +31,9 @@ def search(pruner: str, seed: int, trials: int, epochs: int, data: str, extra: l
         wall = time.perf_counter() - start
         if done.returncode not in (0, 1):  # 1: a trial failed, which the counts show
             sys.exit(f"the {pruner} search failed:\n{done.stderr[-3000:]}")
-        study = optuna.load_study(
-            study_name="mnistlab", storage=f"sqlite:///{folder}/mlruns/optuna.db"
-        )
+        storage = f"sqlite:///{folder}/optuna.db"  # beside the MLflow store; one study in it
+        (name,) = optuna.get_all_study_names(storage)
+        study = optuna.load_study(study_name=name, storage=storage)
         found = study.get_trials()
     states = [t.state.name for t in found]
     return {

@@ -60,6 +60,20 @@ def compare_page(driver, url: str, experiment: str, seeds_sweep: str) -> None:
     driver.save_screenshot(str(OUT / "mlflow_ui_compare.png"))
 
 
+def ranked(driver, url: str, experiment: str, sweep_name: str) -> None:
+    """The runs table of a sweep's jobs, best val acc first, from the link its parent is tagged
+    with (on this script's port)."""
+    runs = requests.post(
+        f"{url}/api/2.0/mlflow/runs/search",
+        timeout=10,
+        json={"experiment_ids": [experiment], "filter": f"attributes.run_name = '{sweep_name}'"},
+    ).json()
+    tags = {t["key"]: t["value"] for t in runs["runs"][0]["data"]["tags"]}
+    driver.get(url + "/" + tags["sweep.runs_url"].split("/", 3)[3])
+    time.sleep(8)  # let the table fill
+    driver.save_screenshot(str(OUT / "mlflow_ui_sweep_ranked.png"))
+
+
 def screenshots(cwd: Path, sweep_name: str | None, seeds_sweep: str) -> None:
     """Serve the store with `mlflow server`; photograph the runs page, its chart view, and the
     seeds sweep's compare page."""
@@ -70,7 +84,7 @@ def screenshots(cwd: Path, sweep_name: str | None, seeds_sweep: str) -> None:
     url, mlflow_bin = "http://127.0.0.1:5123", Path(sys.executable).with_name("mlflow")
     server = subprocess.Popen(
         [str(mlflow_bin), "server", "--host", "127.0.0.1", "--port", "5123", "--workers", "1",
-         "--backend-store-uri", f"sqlite:///{cwd / 'mlruns' / 'mlflow.db'}"],
+         "--backend-store-uri", f"sqlite:///{cwd / 'mlflow.db'}"],
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
     )  # fmt: skip
     options = webdriver.ChromeOptions()
@@ -101,7 +115,8 @@ def screenshots(cwd: Path, sweep_name: str | None, seeds_sweep: str) -> None:
         driver = webdriver.Chrome(service=Service("/usr/bin/chromedriver"), options=options)
         views = (("TABLE", "mlflow_ui_runs.png"), ("CHART", "mlflow_ui_charts.png"))
         for view, name in views if sweep_name else ():
-            driver.get(f"{url}/#/experiments/{experiment}/runs?compareRunsMode={view}")
+            driver.get(f"{url}/#/experiments/{experiment}/runs?compareRunsMode={view}"
+                       "&workflowType=machine_learning")  # fmt: skip
             for _ in range(120):
                 if sweep_name in driver.find_element(By.TAG_NAME, "body").text:
                     break
@@ -113,6 +128,8 @@ def screenshots(cwd: Path, sweep_name: str | None, seeds_sweep: str) -> None:
                 row.find_element(By.CSS_SELECTOR, "button").click()
             time.sleep(3)  # let the charts draw
             driver.save_screenshot(str(OUT / name))
+        if sweep_name:  # the sweep's ranked runs table, as its sweep.runs_url tag opens it
+            ranked(driver, url, experiment, sweep_name)
         compare_page(driver, url, experiment, seeds_sweep)
     finally:
         if driver:

@@ -202,7 +202,7 @@ def test_cli_prints_the_composed_config_without_training(tmp_path: Path):
         (["-m", "batch_size=32,0.5"], "Error: batch_size: Value '0.5' of type 'float' could not"),
         (
             ["data.root=/nonexistent", "data.download=false"],
-            "Error: data.root=/nonexistent: no MNIST in /nonexistent/MNIST/raw",
+            "Error: data.root=/nonexistent: the folder /nonexistent does not exist; point",
         ),
         (  # found as the model is built: the store is only opened after that
             ["data=synthetic", "model=cnn", "model.channels=[8,8,8,8,8]"],

@@ -1,6 +1,7 @@
 """Bad input and faults: one clear line, a non-zero exit, no traceback, no run left RUNNING, and
 no metric lost when the tracking server goes away."""
 
+import fcntl
 import pickle
 import resource
 import signal
@@ -33,6 +34,7 @@ def running_runs(cwd: Path) -> list[str]:
 
 
 SYNTH = ["data=synthetic", "device=cpu", "epochs=1"]
+CANNOT_BUILD = ["model=cnn", "model.channels=[8,8,8,8,8]"]  # found in the job, as it builds
 
 
 @pytest.mark.parametrize(
@@ -106,6 +108,7 @@ def test_bad_input_gets_one_line_a_non_zero_exit_and_leaves_no_running_run(
     assert result.stderr.strip().endswith(errors[0])  # the last word is the one line
     if code == 2:  # a mistake found before training: that line alone, not even MLflow's logs
         assert result.stderr.strip() == errors[0]
+        assert not (tmp_path / "outputs").exists()  # nor a run dir, nor its lock
     assert running_runs(tmp_path) == []
 
 
@@ -118,6 +121,58 @@ def test_truncated_dataset_files_are_named_unreadable_not_missing(tmp_path):
     assert result.returncode == 2 and "Traceback" not in result.stderr
     assert result.stderr.startswith(f"Error: data.root={tmp_path / 'data'}: the MNIST files in ")
     assert "are unreadable" in result.stderr and running_runs(tmp_path) == []
+    assert not (tmp_path / "outputs").exists()  # the job failed before training: no run dir
+
+
+FETCH = "(or MNISTLAB_DATA) at the folder that holds {}/raw/, or create it "
+
+
+@pytest.mark.parametrize(
+    ("root", "args", "fix"),
+    [  # a folder elsewhere (None), or one relative to the launch folder
+        (None, [], FETCH.format("MNIST") + "to download into"),
+        ("dta", ["data.download=false"], FETCH.format("MNIST") + "and add data.download=true "
+                                                                 "to download into it"),
+        (None, ["data=fashion_mnist"], FETCH.format("FashionMNIST") + "to download into"),
+        ("dta", ["data=imagefolder"], "at the folder that holds train/<class>/ and test/<class>/"),
+    ],
+)  # fmt: skip
+def test_a_data_root_that_does_not_exist_is_one_line_and_nothing_is_made(tmp_path, root, args, fix):
+    here, typo = tmp_path / "here", tmp_path / "no_such_dir" / "data"
+    here.mkdir()
+    root = root or str(typo)
+    result = run_cli(["epochs=1", f"data.root={root}", *args], cwd=here)
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    folder = here / root if root == "dta" else typo
+    assert result.stderr.strip() == (
+        f"Error: data.root={root}: the folder {folder} does not exist; point data.root {fix}"
+    ), result.stderr
+    assert list(here.iterdir()) == [] and not typo.parent.exists()  # no data, run dir, store
+
+
+def test_a_run_that_fails_before_its_mlflow_run_leaves_no_run_dir_and_one_after_keeps_it(
+    tmp_path,
+):
+    # the model cannot be built: found in the job, after Hydra made the run dir and its lock
+    result = run_cli([*SYNTH, *CANNOT_BUILD], cwd=tmp_path)
+    assert result.returncode == 2 and list(tmp_path.iterdir()) == [], result.stderr[-2000:]
+    result = run_cli([*SYNTH, "hydra.run.dir=runs/a", "resume=runs/nothing_here"], cwd=tmp_path)
+    assert result.returncode == 2 and list(tmp_path.iterdir()) == [], result.stderr[-2000:]
+    # a folder another process holds is never taken away, even bare
+    held = tmp_path / "runs" / "held"
+    held.mkdir(parents=True)
+    with open(held / ".run.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        lock.write("1 training\n")
+        lock.flush()
+        result = run_cli([*SYNTH, f"hydra.run.dir={held}", *CANNOT_BUILD], cwd=tmp_path)
+        assert result.returncode == 2 and "another process is using" in result.stderr
+        assert (held / ".run.lock").exists() and (held / ".hydra").is_dir()
+    # a run that failed once its MLflow run existed keeps the dir that run's record names
+    result = run_cli([*SYNTH, "optimizer=sgd", "lr=1e6", "train.plots=false"], cwd=tmp_path)
+    assert result.returncode == 1 and "train loss is" in result.stderr
+    (run_dir,) = (tmp_path / "outputs").glob("*/*")
+    assert (run_dir / "train.log").exists()
 
 
 def test_a_store_file_that_is_no_database_is_named_and_left_alone(tmp_path):

@@ -75,12 +75,15 @@ def test_the_run_logs_an_mlflow_pytorch_model_that_matches_model_pth(trained):
     exported = mlflow.pytorch.load_model(run.data.tags["model_uri"])
     (logged_model,) = client.search_logged_models([run.info.experiment_id])
     assert logged_model.source_run_id == run.info.run_id
-    plain = load_trained(str(Path(run.data.tags["hydra.output_dir"]) / "model.pth")).model
-    inputs = torch.randn(7, 1, 28, 28)  # another batch size than the input example
-    assert torch.allclose(exported(inputs), plain(inputs), atol=1e-5)
-    version = mlflow.register_model(run.data.tags["model_uri"], "mnistlab-test")
-    registered = mlflow.pytorch.load_model(f"models:/mnistlab-test/{version.version}")
-    assert torch.allclose(registered(inputs), plain(inputs), atol=1e-5)
+    plain = load_trained(str(Path(run.data.tags["hydra.output_dir"]) / "model.pth"))
+    pixels = torch.randint(0, 256, (7, 1, 28, 28), dtype=torch.uint8)  # another batch size
+    normalised = normalize(pixels, plain.data_info["mean"], plain.data_info["std"])
+    with torch.no_grad():  # raw pixels in, the normalisation inside: uint8 or 0-1 floats
+        assert torch.equal(exported(pixels), plain.model(normalised))
+        assert torch.allclose(exported(pixels / 255), plain.model(normalised), atol=1e-4)
+        version = mlflow.register_model(run.data.tags["model_uri"], "mnistlab-test")
+        registered = mlflow.pytorch.load_model(f"models:/mnistlab-test/{version.version}")
+        assert torch.allclose(registered(pixels / 255), plain.model(normalised), atol=1e-4)
 
 
 def test_predict_classifies_pngs_rendered_from_the_test_set(tmp_path, data_root):

@@ -2,6 +2,7 @@
 a real Optuna storage (SQLite beside the MLflow store) and a real MLflow store."""
 
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -11,6 +12,7 @@ from pathlib import Path
 import optuna
 import yaml
 from mlflow import MlflowClient
+from optuna.distributions import CategoricalDistribution, FloatDistribution
 
 from conftest import cli_env, history, run_cli
 
@@ -19,9 +21,12 @@ FAST = ["data=synthetic", "device=cpu", "batch_size=256",  # a plain value: not 
 OPTUNA = ["-m", "hparams_search=optuna", *FAST]
 
 
-def study(cwd: Path) -> optuna.Study:
-    """The study `mnistlab` in the default storage: optuna.db beside the MLflow store."""
-    return optuna.load_study(study_name="mnistlab", storage=f"sqlite:///{cwd}/optuna.db")
+def study(cwd: Path, name: str | None = None) -> optuna.Study:
+    """The study `name` (default: the only one) in the default storage, beside the MLflow store."""
+    storage = f"sqlite:///{cwd}/optuna.db"
+    if name is None:
+        (name,) = optuna.get_all_study_names(storage)
+    return optuna.load_study(study_name=name, storage=storage)
 
 
 def runs(cwd: Path):
@@ -68,9 +73,13 @@ def test_a_study_persists_and_a_rerun_continues_it_with_parallel_trials(tmp_path
         png = Path(client.download_artifacts(parent.info.run_id, name, str(tmp_path / "dl")))
         assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 10_000
 
+    name = parent.data.tags["optuna.study"]  # named by the fixed config's digest
+    assert re.fullmatch(r"mnistlab-[0-9a-f]{10}", name) and study(tmp_path).study_name == name
     again = run_cli([*OPTUNA, "epochs=1", "hydra.sweeper.n_trials=3"], cwd=tmp_path)
     assert again.returncode == 0, again.stderr[-3000:]
-    assert "3 trials so far, 3 to run" in again.stdout + again.stderr
+    assert f"study {name} in sqlite:///{tmp_path}/optuna.db: 3 trials so far, 3 to run" in (
+        again.stdout + again.stderr
+    )  # the same command, run in-process now: the same study, continued
     assert states(tmp_path) == {n: "COMPLETE" for n in range(6)}  # 0-2 kept, not rerun
     _, parents, children = runs(tmp_path)
     assert len(parents) == 2 and len(children) == 6
@@ -78,6 +87,51 @@ def test_a_study_persists_and_a_rerun_continues_it_with_parallel_trials(tmp_path
     assert numbers == list(range(6))
     lrs = [t.params["lr"] for t in study(tmp_path).get_trials()]
     assert not set(lrs[3:]) & set(lrs[:3])  # the continued sampler proposes new values
+
+
+def test_another_fixed_config_gets_its_own_study_and_the_command_line_grammar_works(tmp_path):
+    # a first search, then one whose space comes from the command line in hydra-optuna-sweeper's
+    # grammar (its fixed config differs: batch_size is searched, not 256, and data.noise is 90)
+    first = run_cli([*OPTUNA, "epochs=1", "hydra.sweeper.n_trials=1"], cwd=tmp_path)
+    assert first.returncode == 0, first.stderr[-3000:]
+    (old,) = optuna.get_all_study_names(f"sqlite:///{tmp_path}/optuna.db")
+    fast = [a for a in FAST if not a.startswith("batch_size=")]
+    grammar = ["-m", "hparams_search=optuna", *fast, "epochs=1", "data.noise=90",
+               "hydra.sweeper.n_trials=2", "lr=tag(log, interval(1e-3, 1e-1))",
+               "batch_size=choice(128, 256)",
+               "optimizer=adam,sgd", "train.label_smoothing=range(0.0, 0.2, step=0.1)",
+               "hydra.sweeper.sampler.seed=7"]  # fmt: skip
+    second = run_cli(grammar, cwd=tmp_path)
+    assert second.returncode == 0, second.stderr[-3000:]
+    names = set(optuna.get_all_study_names(f"sqlite:///{tmp_path}/optuna.db")) - {old}
+    assert len(names) == 1 and len(study(tmp_path, old).trials) == 1  # studies do not mix
+    new = study(tmp_path, names.pop())
+    assert new.user_attrs["fixed_config"]["data.noise"] == 90
+    assert "batch_size" not in new.user_attrs["fixed_config"]
+    assert [t.state.name for t in new.trials] == ["COMPLETE", "COMPLETE"]
+    assert new.trials[0].distributions == {
+        "lr": FloatDistribution(1e-3, 1e-1, log=True),
+        "batch_size": CategoricalDistribution([128, 256]),
+        "optimizer": CategoricalDistribution(["adam", "sgd"]),
+        "train.label_smoothing": FloatDistribution(0.0, 0.2, step=0.1),
+    }
+    client, parents, children = runs(tmp_path)
+    (parent,) = [p for p in parents if p.data.tags["optuna.study"] == new.study_name]
+    ours = {r.info.run_id: r for r in children if r.data.tags["optuna.study"] == new.study_name}
+    assert parent.data.tags["best_run_id"] == new.best_trial.user_attrs["mlflow_run_id"] in ours
+    for trial in new.trials:  # each run trained with its trial's values
+        run = ours[trial.user_attrs["mlflow_run_id"]]
+        assert float(run.data.params["lr"]) == trial.params["lr"]
+        assert run.data.params["batch_size"] == str(trial.params["batch_size"])
+
+    # the first search's study named explicitly, with the second's fixed config: one line, exit 2
+    mixed = run_cli([*grammar, f"hydra.sweeper.study_name={old}"], cwd=tmp_path)
+    assert mixed.returncode == 2 and "Traceback" not in mixed.stderr
+    error = mixed.stderr.strip().splitlines()[-1]
+    assert error.startswith(f"Error: hydra.sweeper.study_name={old}: that study searched another "
+                            "fixed config (batch_size=<unset> here, 256 there; ")  # fmt: skip
+    assert "data.noise=90 here, 60.0 there" in error and "name a new one" in error
+    assert len(study(tmp_path, old).trials) == 1 and len(new.trials) == 2  # nothing written
 
 
 def test_hopeless_trials_are_pruned_and_a_diverging_trial_fails(tmp_path):

@@ -91,6 +91,7 @@ def test_cli_run_records_everything_in_the_cwd_store(tmp_path):
     assert result.returncode == 0, result.stderr[-3000:]
     log = result.stdout + result.stderr
     assert "Epoch [  1 /   2] Step [    10 /     40] Loss:" in log  # the tutorial's line
+    assert all(line.startswith("[20") for line in log.splitlines()), log  # no library's notes
     db = tmp_path / "mlflow.db"
     assert db.exists() and (tmp_path / "outputs").is_dir()
     client, run = only_run(f"sqlite:///{db}")

@@ -141,3 +141,40 @@ def test_the_sweeps_compare_link_opens_mlflows_compare_page_for_its_jobs(server)
         screenshot(driver, "mlflow_ui_compare.png")
     finally:
         driver.quit()
+
+
+def test_the_experiment_opens_on_its_runs_and_the_sweeps_ranked_view_shows_what_varied(server):
+    from selenium.webdriver.common.by import By
+
+    experiment = api(server, "experiments/get-by-name?experiment_name=mnistlab")["experiment"]
+    tags = {t["key"]: t["value"] for t in experiment["tags"]}
+    assert tags["mlflow.experimentKind"] == "custom_model_development"  # the training view
+    runs = api(server, "runs/search", experiment_ids=[experiment["experiment_id"]])["runs"]
+    (view,) = [t["value"] for r in runs for t in r["data"]["tags"] if t["key"] == "sweep.runs_url"]
+    assert view.startswith(f"{server}/#/experiments/{experiment['experiment_id']}/runs?")
+    jobs = [r for r in runs if r["info"]["run_name"] != "ui-sweep"]
+    acc = {r["info"]["run_name"]: {m["key"]: m["value"] for m in r["data"]["metrics"]}["val/acc"]
+           for r in jobs}  # fmt: skip
+    driver = chromium()
+    try:
+        driver.get(
+            f"{server}/#/experiments/{experiment['experiment_id']}?workflowType=machine_learning"
+        )
+        deadline = time.monotonic() + 60
+        while "ui-sweep" not in (text := driver.find_element(By.TAG_NAME, "body").text):
+            assert time.monotonic() < deadline, f"the experiment did not open on its runs: {text}"
+            time.sleep(0.5)
+        driver.get(view)
+        names = sorted(acc, key=acc.get, reverse=True)  # best val acc first
+        while True:
+            text = driver.find_element(By.TAG_NAME, "body").text
+            if all(n in text for n in names) and "val/acc" in text and "lr" in text:
+                break
+            assert time.monotonic() < deadline, f"the ranked view never showed: {text[-2000:]}"
+            time.sleep(0.5)
+        assert "ui-sweep" not in text.split("Run Name", 1)[-1]  # the jobs only, not their parent
+        assert [text.index(n) for n in names] == sorted(text.index(n) for n in names), text
+        time.sleep(2)
+        screenshot(driver, "mlflow_ui_sweep_ranked.png")
+    finally:
+        driver.quit()

@@ -1,17 +1,12 @@
 """mnistlab's Optuna sweeper for Hydra: `-m hparams_search=optuna` (hydra/sweeper=mnistlab_optuna).
 
-Persistent studies (SQLite beside the MLflow store, or any RDB URL), per-epoch pruning from the
-trials' own processes, and the search's results on the MLflow parent run. The search-space
-grammar of hydra-optuna-sweeper 1.3 (MIT, facebookresearch/hydra) is kept. One module: Hydra
+Persistent studies (SQLite beside the MLflow store, or any RDB URL), one per fixed config, per-epoch
+pruning from the trials' own processes, results on the MLflow parent run; trial N is job N. The
+search space follows hydra-optuna-sweeper 1.3 (`_impl.py`, MIT, facebookresearch/hydra)
+in `hydra.sweeper.params` and on the command line: `interval(a, b)` a float (int if both ends are)
+uniform, `tag(log, interval(...))` its log form, `choice(...)` or `a,b,c` categorical, `range(a, b
+[, step])` stepped, `shuffle(range(...))` categorical, a plain value fixed. One module: Hydra
 imports every module of a plugin in every run.
-
-The search: ask Optuna for a batch of trials, launch them as Hydra jobs (trial N is job N),
-tell Optuna how each ended, and at the end put the results on the MLflow parent run.
-
-Search-space parsing follows hydra-optuna-sweeper 1.3 (`_impl.py`, MIT, facebookresearch/hydra):
-`interval(a, b)` is a float (or int, if both ends are) uniform, `tag(log, interval(...))` its log
-form, `choice(...)` categorical, `range(a, b[, step])` an int (or float) with a step (both ends
-included, as there), a shuffled range categorical, and a plain value a fixed override.
 """
 
 import logging
@@ -21,6 +16,7 @@ import warnings
 from collections import Counter
 from dataclasses import dataclass, field
 from enum import Enum
+from itertools import groupby
 from pathlib import Path
 from typing import Any
 
@@ -31,7 +27,7 @@ from hydra.core.plugins import Plugins
 from hydra.plugins.sweeper import Sweeper
 from hydra.types import HydraContext, TaskFunction
 from hydra.utils import instantiate
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf, read_write
 
 from mnistlab import tracking
 from mnistlab.errors import UserError
@@ -41,25 +37,13 @@ log = logging.getLogger(__name__)
 
 
 # The sweeper's config (`hydra.sweeper.*`), registered as hydra/sweeper=mnistlab_optuna.
-class Direction(Enum):
-    """Whether the objective (a trial's best val accuracy) is maximised or minimised."""
-
+class Direction(Enum):  # of the objective: a trial's best val accuracy
     maximize = 1
     minimize = 2
 
 
-class Pruner(Enum):
-    """Which pruner stops hopeless trials after an epoch."""
-
-    none = 1
-    median = 2
-    hyperband = 3
-
-
 @dataclass
-class Warmup:
-    """When the median pruner starts to prune."""
-
+class Warmup:  # when the median pruner starts to prune
     trials: int = 1  # trials of the study that must finish before any is pruned
     epochs: int = 1  # epochs every trial runs before it can be pruned
 
@@ -71,14 +55,14 @@ class MnistlabOptunaSweeperConf:
     _target_: str = "hydra_plugins.mnistlab_optuna_sweeper.MnistlabOptunaSweeper"
     _recursive_: bool = False  # the sweeper instantiates the sampler itself (its seed moves on)
     direction: Direction = Direction.maximize
-    study_name: str = "mnistlab"
+    study_name: Any = None  # None: mnistlab-<digest of the fixed config> (search.fixed_config)
     storage: Any = None  # None: sqlite optuna.db beside the MLflow store
     n_trials: int = 20
     n_jobs: int = 1
     sampler: Any = field(
         default_factory=lambda: {"_target_": "optuna.samplers.TPESampler", "seed": None}
     )
-    pruner: Pruner = Pruner.median
+    pruner: str = "median"  # none, median or hyperband (search.make_pruner)
     warmup: Warmup = field(default_factory=Warmup)
     params: Any = None
 
@@ -91,11 +75,7 @@ ConfigStore.instance().store(
 
 def distribution(override: Override) -> Any:
     """The Optuna distribution of one sweep override (None for a plain value)."""
-    from optuna.distributions import (
-        CategoricalDistribution,
-        FloatDistribution,
-        IntDistribution,
-    )  # fmt: skip
+    from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
 
     if not override.is_sweep_override():
         return None
@@ -107,10 +87,9 @@ def distribution(override: Override) -> Any:
         kind = IntDistribution if ints else FloatDistribution
         return kind(value.start, value.stop, step=value.step)
     if override.is_interval_sweep():
-        log_scale = "log" in value.tags
-        if isinstance(value.start, int) and isinstance(value.end, int):
-            return IntDistribution(value.start, value.end, log=log_scale)
-        return FloatDistribution(value.start, value.end, log=log_scale)
+        ints = isinstance(value.start, int) and isinstance(value.end, int)
+        kind = IntDistribution if ints else FloatDistribution
+        return kind(value.start, value.end, log="log" in value.tags)
     raise UserError(f"{override.input_line}: Optuna takes interval, choice or range sweeps")
 
 
@@ -129,9 +108,7 @@ def search_space(arguments: list[str]) -> tuple[dict[str, Any], dict[str, str]]:
                 space[key] = dist
                 fixed.pop(key, None)
         return space, fixed
-    except UserError:
-        raise
-    except Exception as err:  # Hydra's grammar, or a distribution Optuna refuses
+    except Exception as err:  # Hydra's grammar, a sweep Optuna lacks or a distribution it refuses
         raise UserError(f"hydra.sweeper.params: {str(err).splitlines()[0]}") from None
 
 
@@ -140,21 +117,19 @@ class MnistlabOptunaSweeper(Sweeper):
 
     def __init__(self, **settings: Any) -> None:
         self.settings = OmegaConf.create(settings)
-        self.config: DictConfig | None = None
-        self.launcher: Any = None
+        self.config, self.context, self.launcher = None, None, None  # set by setup
 
     def setup(
         self, *, hydra_context: HydraContext, task_function: TaskFunction, config: DictConfig
     ) -> None:
         """Keep the config and instantiate the launcher that runs the trials."""
-        self.config = config
+        self.config, self.context = config, hydra_context
         self.launcher = Plugins.instance().instantiate_launcher(
             config=config, hydra_context=hydra_context, task_function=task_function
         )
 
     def sweep(self, arguments: list[str]) -> None:
-        """Run `n_trials` more trials of the study, `n_jobs` at a time; one line and exit 2 for a
-        bad setting."""
+        """Run `n_trials` more trials, `n_jobs` at a time; one line and exit 2 for a bad setting."""
         try:
             study, space, fixed = self.open_study(arguments)
         except UserError as err:
@@ -166,55 +141,53 @@ class MnistlabOptunaSweeper(Sweeper):
             batch = [study.ask(space) for _ in range(min(to_go, max(1, self.settings.n_jobs)))]
             done += self.run_batch(study, batch, fixed)
             to_go -= len(batch)
-
         report(study, done, self.config, self.settings)
 
     def open_study(self, arguments: list[str]) -> tuple[Any, dict[str, Any], dict[str, str]]:
-        """The study (created, or loaded to continue it), its search space and fixed values; a
-        trial left RUNNING by a search that was killed is failed first."""
+        """The study of this search's fixed config (created, or loaded to continue it), its
+        search space and fixed values; a trial left RUNNING by a killed search is failed first."""
         import optuna
 
         from mnistlab import search  # loaded by searches only: Hydra imports this in every run
 
         params = self.settings.params or {}
         space, fixed = search_space([f"{k}={v}" for k, v in params.items()] + list(arguments))
-        if not self.settings.study_name:
-            raise UserError("hydra.sweeper.study_name=null: name the study (it is resumed by name)")
-        job_cfg = OmegaConf.masked_copy(self.config, [k for k in self.config if k != "hydra"])
+        overrides = [f"{k}={v}" for k, v in fixed.items()]  # a trial's config, but its params
+        job_cfg = self.context.config_loader.load_sweep_config(self.config, overrides)
+        direction = str(getattr(self.settings.direction, "name", self.settings.direction))
+        state, name = search.fixed_config(job_cfg, list(space), direction)
+        name = str(self.settings.study_name or name)
         url = search.study_storage(self.settings.storage, job_cfg)
         study = optuna.create_study(
-            storage=search.open_storage(url),
-            study_name=str(self.settings.study_name),
-            pruner=search.make_pruner(self.settings, self.config.epochs),
-            direction=str(getattr(self.settings.direction, "name", self.settings.direction)),
-            load_if_exists=True,
-        )
+            storage=search.open_storage(url), study_name=name, direction=direction,
+            pruner=search.make_pruner(self.settings, self.config.epochs), load_if_exists=True,
+        )  # fmt: skip
+        search.check_fixed(study, state)
+        if not self.settings.study_name:  # the trials' jobs open the study by name
+            with read_write(self.config):
+                self.config.hydra.overrides.hydra.append(f"hydra.sweeper.study_name={name}")
         for dead in study.get_trials(states=(optuna.trial.TrialState.RUNNING,)):
             log.warning(f"Optuna trial {dead.number} was left running by an earlier search "
                         "that stopped: FAIL")  # fmt: skip
             study.tell(dead.number, state=optuna.trial.TrialState.FAIL)
         before = len(study.get_trials(deepcopy=False))
         study.sampler = self.make_sampler(before) or study.sampler
-        log.info(f"Optuna study {study.study_name} in {tracking.redact(url)}: {before} trials "
-                 f"so far, {self.settings.n_trials} to run; searching {sorted(space)}")  # fmt: skip
+        log.info(f"Optuna study {name} in {tracking.redact(url)}: {before} trials so far, "
+                 f"{self.settings.n_trials} to run; searching {sorted(space)}")  # fmt: skip
         return study, space, fixed
 
     def make_sampler(self, trials_so_far: int) -> Any:
         """`hydra.sweeper.sampler`, its seed moved on by the trials the study holds: a continued
         study proposes new values (the same seed would propose its first trials again)."""
         sampler = self.settings.sampler
-        if sampler is None:
-            return None
-        if sampler.get("seed") is not None:
-            return instantiate(sampler, seed=int(sampler.seed) + trials_so_far)
-        return instantiate(sampler)
+        if sampler is None or sampler.get("seed") is None:
+            return sampler and instantiate(sampler)
+        return instantiate(sampler, seed=int(sampler.seed) + trials_so_far)
 
     def run_batch(self, study: Any, trials: list, fixed: dict[str, str]) -> list[int]:
-        """Launch the trials (trial N as job N) and tell Optuna how each ended; a batch stopped
-        by Ctrl-C fails its trials."""
+        """Launch the trials (trial N as job N), tell Optuna how each ended; Ctrl-C fails them."""
         import optuna
 
-        ended = False
         try:
             returns = []
             for first, group in contiguous(trials):
@@ -225,27 +198,21 @@ class MnistlabOptunaSweeper(Sweeper):
             for trial, ret in zip(trials, returns, strict=True):
                 state, value = outcome(study, trial, ret)
                 study.tell(trial, state=state, values=value)
-            ended = True
-        finally:
-            if not ended:
-                running = {t.number for t in study.get_trials(
-                    deepcopy=False, states=(optuna.trial.TrialState.RUNNING,))}  # fmt: skip
-                for trial in trials:
-                    if trial.number in running:
-                        study.tell(trial, state=optuna.trial.TrialState.FAIL)
+        except BaseException:
+            running = {t.number for t in study.get_trials(
+                deepcopy=False, states=(optuna.trial.TrialState.RUNNING,))}  # fmt: skip
+            for trial in trials:
+                if trial.number in running:
+                    study.tell(trial, state=optuna.trial.TrialState.FAIL)
+            raise
         return [t.number for t in trials]
 
 
 def contiguous(trials: list) -> list[tuple[int, list]]:
     """The trials in runs of consecutive numbers, each with its first number (a job's number is
     its trial's; another search of the same study may have taken numbers in between)."""
-    groups: list[tuple[int, list]] = []
-    for trial in trials:
-        if groups and groups[-1][0] + len(groups[-1][1]) == trial.number:
-            groups[-1][1].append(trial)
-        else:
-            groups.append((trial.number, [trial]))
-    return groups
+    runs = groupby(enumerate(trials), key=lambda pair: pair[1].number - pair[0])
+    return [(group[0].number, group) for group in ([t for _, t in run] for _, run in runs)]
 
 
 def outcome(study: Any, trial: Any, ret: Any) -> tuple[Any, float | None]:
@@ -269,11 +236,9 @@ def outcome(study: Any, trial: Any, ret: Any) -> tuple[Any, float | None]:
     return TrialState.COMPLETE, value
 
 
-# The search's results: counts of this search's trials, the study's best trial in
-# `<sweep dir>/optuna/best_params.yaml`, and Optuna's optimisation-history and param-importance
-# plots (matplotlib PNGs), logged on the MLflow parent run when there is one.
 def report(study: Any, numbers: list[int], config: DictConfig, settings: DictConfig) -> None:
-    """Log and record the counts and the best trial; write and attach the plots."""
+    """Log this search's trial counts; write the study's best trial (optuna/best_params.yaml in
+    the sweep dir) and Optuna's plots; attach them all to the MLflow parent run if there is one."""
     folder = Path(str(config.hydra.sweep.dir)).resolve() / "optuna"  # made by its first write
     trials = study.get_trials(deepcopy=False)
     ours = Counter(t.state.name for t in trials if t.number in numbers)
@@ -289,9 +254,8 @@ def report(study: Any, numbers: list[int], config: DictConfig, settings: DictCon
     tags.update({"optuna.study": study.study_name, "optuna.n_study_trials": str(len(trials))})
     for key, value in tags.items():
         client.set_tag(parent, key, value)
-    for path in files:
-        if path is not None:
-            client.log_artifact(parent, str(path))
+    for path in filter(None, files):  # no best_params.yaml without a completed trial
+        client.log_artifact(parent, str(path))
 
 
 def write_best(study: Any, folder: Path) -> Path | None:
@@ -303,13 +267,8 @@ def write_best(study: Any, folder: Path) -> Path | None:
     except ValueError:  # no trial completed yet
         log.warning("Optuna study has no completed trial: no best_params.yaml")
         return None
-    best_info = {
-        "study": study.study_name,
-        "trial": best.number,
-        "value": best.value,
-        "params": dict(best.params),
-        "run_id": best.user_attrs.get(RUN_ATTR),
-    }
+    best_info = {"study": study.study_name, "trial": best.number, "value": best.value,
+                 "params": dict(best.params), "run_id": best.user_attrs.get(RUN_ATTR)}  # fmt: skip
     path = folder / "best_params.yaml"
     write_text(path, OmegaConf.to_yaml(OmegaConf.create(best_info)))
     log.info(f"Optuna best trial {best.number}: value {best.value:.4f}, params {best.params}")

@@ -83,6 +83,14 @@ def load_checkpoint(path: Path, key: str = "resume") -> dict[str, Any]:
     return checkpoint
 
 
+def evaluated_weights(checkpoint: dict[str, Any]) -> dict[str, torch.Tensor]:
+    """The weights a checkpoint's run evaluated: its moving average's where it kept one."""
+    ema = checkpoint.get("ema")
+    if not ema:
+        return checkpoint["model"]
+    return {k.removeprefix("module."): v for k, v in ema.items() if k.startswith("module.")}
+
+
 def restore(checkpoint: dict[str, Any], parts: Any) -> None:
     """Load the weights, the optimizer, the lr schedule, the moving average and the RNG states
     from a checkpoint into a fresh run's `parts`."""

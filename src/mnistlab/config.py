@@ -1,10 +1,9 @@
 """The run config: typed schemas registered with Hydra, and `validate`, the one check of a config.
 
-Each option's value (its default) is written once, in its YAML file under conf/, with a comment;
-its type and range rule sit here, beside the field (`option(Check(...))`). Components built with
-`_target_` (a model, a dataset) have no schema here: theirs is their constructor's signature,
-range rules included (`Annotated[float, Check(...)]`), so a user's own model is checked the same
-way. This module imports no torch: `python -m train --help` and `--cfg job` stay fast.
+Each option's value is written once, in its YAML under conf/; its type and range rule sit here,
+beside the field (`option(Check(...))`). A `_target_` component's schema is its constructor's
+signature (`Annotated[float, Check(...)]`), so a user's own model is checked the same way. No
+torch here: `python -m train --help` and `--cfg job` stay fast.
 """
 
 import difflib
@@ -15,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from hydra.core.config_store import ConfigStore
+from hydra.core.hydra_config import HydraConfig
 from omegaconf import MISSING, DictConfig, ListConfig, OmegaConf, open_dict
 from omegaconf.errors import OmegaConfBaseException
 
@@ -148,14 +148,10 @@ def register() -> None:
 
 
 def compose(overrides: list[str] | None = None) -> DictConfig:
-    """Compose the run config as `python -m train` would, for use from Python and tests.
-
-    Hydra's runtime info (the group choices and overrides) is recorded so that a run started
-    from Python logs the same MLflow record as the CLI.
-    """
+    """Compose the run config as `python -m train` would, for Python and tests; Hydra's runtime
+    info (group choices, overrides) is recorded, so such a run logs the same MLflow record."""
     from hydra import compose as hydra_compose
     from hydra import initialize_config_dir
-    from hydra.core.hydra_config import HydraConfig
 
     register()
     with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
@@ -167,14 +163,17 @@ def compose(overrides: list[str] | None = None) -> DictConfig:
     return cfg
 
 
+def runtime(key: str) -> Any:
+    """`hydra.runtime.<key>` of the current Hydra job (None without a job, or if it is unset)."""
+    if not HydraConfig.initialized() or OmegaConf.is_missing(HydraConfig.get().runtime, key):
+        return None
+    return HydraConfig.get().runtime[key]
+
+
 def launch_dir() -> Path:
     """The folder the user launched from, which relative paths mean (also under Hydra's
     `hydra.job.chdir=true`, which moves the job into its output dir)."""
-    from hydra.core.hydra_config import HydraConfig
-
-    if HydraConfig.initialized() and not OmegaConf.is_missing(HydraConfig.get().runtime, "cwd"):
-        return Path(HydraConfig.get().runtime.cwd)
-    return Path.cwd()
+    return Path(runtime("cwd") or Path.cwd())
 
 
 def not_known(key: str, prefix: str, allowed: list[str]) -> UserError:
@@ -194,8 +193,7 @@ def invalid(key: str, value: Any, allowed: str) -> UserError:
 
 
 def check_fields(node: DictConfig, prefix: str = "") -> None:
-    """Check a node typed by a schema dataclass, and its children: every key is declared and
-    every value passes the rule beside its field."""
+    """Check a schema-typed node and its children: every key declared, every value within rule."""
     schema = OmegaConf.get_type(node)
     if is_dataclass(schema):
         declared = {f.name: f for f in fields(schema)}
@@ -237,8 +235,7 @@ def signature_rules(target: Any) -> dict[str, Check]:
 
 
 def check_component(node: DictConfig, key: str) -> None:
-    """Check a `_target_` node against its constructor's signature (its schema): types, unknown
-    and unset keys, and the signature's range rules."""
+    """Check a `_target_` node against its constructor's signature: keys, types, range rules."""
     from hydra.utils import get_object
     from hydra_zen import builds
 
@@ -278,12 +275,29 @@ def check_component(node: DictConfig, key: str) -> None:
 def validate(cfg: DictConfig) -> None:
     """Check what composition alone cannot (added keys, component types, value ranges), before
     anything is loaded; raise UserError naming the first mistake."""
-    missing = [
-        k for k in ("model", "optimizer", "data", "scheduler") if OmegaConf.is_missing(cfg, k)
-    ]
-    if missing:
-        raise UserError(f"{missing[0]} is not set: choose an option, e.g. {missing[0]}=...")
+    for key in ("model", "optimizer", "data", "scheduler"):
+        if OmegaConf.is_missing(cfg, key):
+            raise UserError(f"{key} is not set: choose an option, e.g. {key}=...")
     check_fields(cfg)
+    task = HydraConfig.get().overrides.task if HydraConfig.initialized() else []
+    check_data_root(cfg.data, any(o.lstrip("+").startswith("data.download=") for o in task))
+
+
+def check_data_root(data: DictConfig, download_given: bool) -> None:
+    """Refuse a data.root that does not exist (mistyped?) before anything is made; a download
+    may make it only where asked to: the default ./data, or with data.download=true given."""
+    root, download = data.get("root"), bool(data.get("download"))
+    if not isinstance(root, str):  # generated data: no folder
+        return
+    folder = launch_dir() / Path(root).expanduser()
+    if folder.exists() or download and (root == "./data" or download_given):
+        return
+    name = str(data.get("dataset", "")).rsplit(".", 1)[-1]  # none for an image folder
+    fix = "at the folder that holds train/<class>/ and test/<class>/"
+    if name:
+        how = "to download into" if download else "and add data.download=true to download into it"
+        fix = f"(or MNISTLAB_DATA) at the folder that holds {name}/raw/, or create it {how}"
+    raise UserError(f"data.root={root}: the folder {folder} does not exist; point data.root {fix}")
 
 
 def rule_of(schema: Any, name: str) -> Check | None:
@@ -296,32 +310,17 @@ PATH_KEYS = ("data.root", "data.cache_dir", "resume")  # relative paths mean the
 
 
 def anchor_paths(cfg: DictConfig) -> None:
-    """Make cfg's relative paths absolute against the launch folder when the job runs elsewhere
-    (`hydra.job.chdir=true`), so they keep meaning what the user typed."""
-    here = launch_dir()
-    if Path.cwd() == here:
-        return
+    """Make cfg's relative paths absolute against the launch folder (as typed, under any chdir;
+    `resume=` only where it names a file or folder, else it is an MLflow run id)."""
     for key in PATH_KEYS:
         value = OmegaConf.select(cfg, key, default=None)
-        if isinstance(value, str) and value and not Path(value).expanduser().is_absolute():
-            OmegaConf.update(cfg, key, str(here / Path(value).expanduser()), merge=False)
-
-
-def hydra_output_dir() -> Path | None:
-    """The current Hydra job's output dir, if there is one."""
-    from hydra.core.hydra_config import HydraConfig
-
-    if not HydraConfig.initialized():
-        return None
-    runtime = HydraConfig.get().runtime
-    return None if OmegaConf.is_missing(runtime, "output_dir") else Path(runtime.output_dir)
+        path = launch_dir() / Path(str(value)).expanduser()
+        if isinstance(value, str) and value and (key != "resume" or path.exists()):
+            OmegaConf.update(cfg, key, str(path), merge=False)
 
 
 def save_hydra_files(cfg: DictConfig, output_dir: Path) -> None:
-    """Write Hydra's `.hydra/` files (config, hydra, overrides) where Hydra itself did not, e.g. a
-    run started from Python with `compose`: each one missing, atomically."""
-    from hydra.core.hydra_config import HydraConfig
-
+    """Write each missing `.hydra/` file (a run started with `compose`: Hydra wrote none)."""
     if not HydraConfig.initialized():
         return
     hydra_cfg = HydraConfig.get()
@@ -335,8 +334,4 @@ def save_hydra_files(cfg: DictConfig, output_dir: Path) -> None:
 
 def group_choice(group: str) -> str | None:
     """The option of config group `group` the current Hydra job uses (None if none)."""
-    from hydra.core.hydra_config import HydraConfig
-
-    if not HydraConfig.initialized():
-        return None
-    return HydraConfig.get().runtime.choices.get(group)
+    return (runtime("choices") or {}).get(group)

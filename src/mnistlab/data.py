@@ -1,9 +1,7 @@
 """Datasets as uint8 tensors on the training device, with a seeded val split and batch slicing.
 
-Images stay uint8 until a batch is taken; `Dataset.inputs` converts and normalises on the fly,
-so there is no per-sample PIL or DataLoader work in the training loop. Training batches are
-augmented on their device with seeded draws (`augment`): a batch's changes are a function of
-its generator alone, so a resumed epoch augments its batches as before.
+Images stay uint8 until a batch is taken (`Dataset.inputs` converts it: no per-sample work in the
+loop); training batches are augmented on their device by their own seeded generator (`augment`).
 """
 
 import contextlib
@@ -30,8 +28,6 @@ from mnistlab.options import Augment, Check, Loader, at_least, finite
 VAL_SIZE = at_least(1, "an integer >= 1, e.g. data.val_size=5000")
 MEAN = Check(finite, "a finite pixel mean, e.g. 0.1307")
 STD = Check(lambda v: finite(v) and v > 0, "a positive pixel std, e.g. 0.3081")
-
-
 MAX_SHIFT = 2  # pixels, for shift and affine
 MAX_DEGREES = 10.0  # affine's rotation
 MAX_SCALE = 0.1  # affine's zoom in or out, as a fraction
@@ -67,18 +63,15 @@ def get_class(path: str) -> type:
 
 
 def normalize(images: Tensor, mean: float, std: float) -> Tensor:
-    """Images in 0-255 (B x H x W, or B x C x H x W) to float model inputs (B x C x H x W):
-    (x / 255 - mean) / std."""
+    """Images in 0-255 (B x H x W, or B x C x H x W) to float inputs: (x / 255 - mean) / std."""
     images = images.unsqueeze(1) if images.dim() == 3 else images
     return (images.float() * (1.0 / (255.0 * std))).sub_(mean / std)
 
 
 @dataclass(frozen=True)
 class Split:
-    """Images (uint8, N x H x W for one channel, or N x C x H x W) and their labels (N).
-
-    `samples` is a per-sample torch Dataset over the same images, for `data.loader=torch`.
-    """
+    """Images (uint8, N x H x W for one channel, or N x C x H x W) and their labels (N); `samples`
+    is a per-sample torch Dataset over the same images, for `data.loader=torch`."""
 
     images: Tensor
     labels: Tensor
@@ -133,8 +126,7 @@ class Dataset:
         return replace(self, **splits, device=device)
 
     def inputs(self, images: Tensor, generator: torch.Generator | None = None) -> Tensor:
-        """Turn a uint8 batch into normalised float model inputs (B x C x H x W), augmented
-        with `generator`'s draws if one is given."""
+        """A uint8 batch as normalised float inputs (B x C x H x W), augmented if `generator`."""
         if generator is not None and Augment(self.augment) is not Augment.none:
             images = images.unsqueeze(1) if images.dim() == 3 else images
             images = augment(images.float(), self.augment, generator)
@@ -201,9 +193,8 @@ def hold_out(n: int, val_size: int, seed: int) -> tuple[Tensor, Tensor]:
 
 
 def cached(cache_dir: str | Path | None, name: str, stamp: str, build: Callable[[], dict]) -> dict:
-    """`build()`'s tensors, kept as `name`-<key>.pt in `cache_dir` (None: not kept), the key a
-    hash of `stamp` (what they are made from). A corrupt cache is rebuilt, never trusted; an
-    unwritable one only costs the build next time."""
+    """`build()`'s tensors, kept as `name`-<hash of `stamp`>.pt in `cache_dir` (None: not kept);
+    a corrupt cache is rebuilt, never trusted; an unwritable one only costs the build next time."""
     key = hashlib.sha1(stamp.encode()).hexdigest()[:12]
     cache = Path(cache_dir).expanduser() / f"{name}-{key}.pt" if cache_dir else None
     if cache and cache.exists():
@@ -219,13 +210,11 @@ def cached(cache_dir: str | Path | None, name: str, stamp: str, build: Callable[
 
 
 def read_cached(dataset: str, root: Path, download: bool, cache_dir: str | Path | None) -> dict:
-    """The dataset's uint8 tensors and class names: decoded from the raw files once, then read
-    from a cache file in `cache_dir` keyed by the raw files' names, sizes and times. A cache hit
-    does not import torchvision (1.4 s of start-up)."""
+    """The dataset's uint8 tensors and class names, decoded once, then cached in `cache_dir` by
+    the raw files' names, sizes and times (a cache hit skips torchvision's 1.4 s import)."""
     raw = root / dataset.rsplit(".", 1)[-1] / "raw"
-    stamp = "".join(
-        f"{p.name}:{p.stat().st_size}:{p.stat().st_mtime_ns};" for p in sorted(raw.glob("*ubyte"))
-    )
+    files = sorted(raw.glob("*ubyte"))
+    stamp = "".join(f"{p.name}:{p.stat().st_size}:{p.stat().st_mtime_ns};" for p in files)
 
     def decode() -> dict:
         cls = get_class(dataset)
@@ -240,26 +229,30 @@ def read_cached(dataset: str, root: Path, download: bool, cache_dir: str | Path 
 
 
 def read_or_explain(dataset: str, root: str, download: bool, cache_dir: str | None) -> dict:
-    """`read_cached`, failing in one line that says whether the files are missing or broken."""
+    """`read_cached`, failing in one line that says whether the files are missing or broken and
+    what helps; a failed download leaves none of the empty folders it made."""
     root_path = Path(root).expanduser().resolve()
+    raw_dir = root_path / dataset.rsplit(".", 1)[-1] / "raw"
+    made = [p for p in (raw_dir, *raw_dir.parents) if not p.exists()]  # by a download, if any
     try:
         return read_cached(dataset, root_path, download, cache_dir)
     except (RuntimeError, OSError) as err:
-        cls = get_class(dataset)
-        names = [Path(url).name.removesuffix(".gz") for url, _ in cls.resources]
-        raw_dir = root_path / cls.__name__ / "raw"
+        for folder in made:  # deepest first; a folder with a file in it stays
+            with contextlib.suppress(OSError):
+                folder.rmdir()
+        names = [Path(url).name.removesuffix(".gz") for url, _ in get_class(dataset).resources]
+        reason = " ".join(str(err).split())[:200]
+        online = "go online" if download else "go online with data.download=true"
         if all((raw_dir / name).is_file() for name in names):  # there, but truncated or corrupt
-            reason = " ".join(str(err).split())[:200]
             raise UserError(
-                f"data.root={root}: the {cls.__name__} files in {raw_dir} are unreadable "
-                f"({reason}); replace them with intact copies, or delete them and go online"
+                f"data.root={root}: the {raw_dir.parent.name} files in {raw_dir} are unreadable "
+                f"({reason}); replace them with intact copies, or delete them and {online}"
             ) from err
-        expected = ", ".join(names)
-        why = " ".join(str(err).split()) if download else "data.download=false"
+        why = f"the download failed ({reason})" if download else "data.download=false"
         raise UserError(
-            f"data.root={root}: no {cls.__name__} in {raw_dir} (expected {expected}) and {why}. "
-            f"Fix: set data.root=<folder that holds {cls.__name__}/raw> (or MNISTLAB_DATA), or "
-            "go online with data.download=true"
+            f"data.root={root}: no {raw_dir.parent.name} in {raw_dir} (expected "
+            f"{', '.join(names)}) and {why}. Fix: copy those files there, point data.root (or "
+            f"MNISTLAB_DATA) at the folder that holds {raw_dir.parent.name}/raw/, or {online}"
         ) from err
 
 
@@ -277,7 +270,6 @@ def load_torchvision(
     augment: Augment = Augment.none,  # for runs recorded before the option existed
 ) -> Dataset:
     """Read a torchvision MNIST-style dataset (downloading it if allowed) into uint8 tensors."""
-    root_path = Path(root).expanduser().resolve()
     t = read_or_explain(dataset, root, download, cache_dir)
     n = len(t["train_labels"])  # val_size=0: train on all, evaluate on test (as the tutorial)
     train_idx, val_idx = hold_out(n, val_size, seed) if val_size else (torch.arange(n), None)
@@ -285,25 +277,19 @@ def load_torchvision(
     if Loader(loader) is Loader.torch:  # per-sample PIL decode and transforms, as torchvision does
         from torchvision import transforms
 
-        cls = get_class(dataset)
+        cls, folder = get_class(dataset), str(Path(root).expanduser().resolve())
         transform = transforms.Compose([transforms.ToTensor(), transforms.Normalize(mean, std)])
-        train_samples = cls(str(root_path), train=True, transform=transform)
-        test_samples = cls(str(root_path), train=False, transform=transform)
+        train_samples = cls(folder, train=True, transform=transform)
+        test_samples = cls(folder, train=False, transform=transform)
     images, labels = t["train_images"], t["train_labels"]
     test = Split(t["test_images"], t["test_labels"], test_samples)
+    val = test if val_idx is None else Split(images[val_idx], labels[val_idx],
+                                             _subset(train_samples, val_idx))  # fmt: skip
     return Dataset(
         train=Split(images[train_idx], labels[train_idx], _subset(train_samples, train_idx)),
-        val=test
-        if val_idx is None
-        else Split(images[val_idx], labels[val_idx], _subset(train_samples, val_idx)),
-        test=test,
-        classes=t["classes"],
-        mean=mean,
-        std=std,
-        loader=Loader(loader),
-        num_workers=num_workers,
-        augment=Augment(augment),
-    )
+        val=val, test=test, classes=t["classes"], mean=mean, std=std, loader=Loader(loader),
+        num_workers=num_workers, augment=Augment(augment),
+    )  # fmt: skip
 
 
 def _subset(samples: TorchDataset | None, indices: Tensor) -> TorchDataset | None:
@@ -335,10 +321,8 @@ def make_synthetic(
     num_classes: int = 10,
     size: int = 28,
 ) -> Dataset:
-    """Generate learnable 10-class 28x28 images: a template per class, shifted <= 2 px, plus noise.
-
-    The templates are the same for every seed (the task is fixed); `seed` draws the samples.
-    """
+    """Generate learnable 10-class 28x28 images: a template per class, shifted <= 2 px, plus
+    noise. The templates are the same for every seed (the task is fixed); `seed` draws samples."""
     templates = _templates(num_classes, size, torch.Generator().manual_seed(20261129))
     generator = torch.Generator().manual_seed(seed)
 
@@ -355,9 +339,6 @@ def make_synthetic(
     return Dataset(
         train=Split(images[train_idx], labels[train_idx]),
         val=Split(images[val_idx], labels[val_idx]),
-        test=Split(*sample(test_size)),
-        classes=[f"class {i}" for i in range(num_classes)],
-        mean=mean,
-        std=std,
-        augment=Augment(augment),
-    )
+        test=Split(*sample(test_size)), classes=[f"class {i}" for i in range(num_classes)],
+        mean=mean, std=std, augment=Augment(augment),
+    )  # fmt: skip

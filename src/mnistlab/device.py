@@ -41,9 +41,7 @@ def autocast(device: torch.device, amp: Amp | str) -> contextlib.AbstractContext
 
 
 def compiled(model: nn.Module, mode: Compile | str) -> nn.Module:
-    """The model to call in the loop: `torch.compile`d per `device.compile`, else the model itself.
-
-    Parameters are shared, so the optimizer and the saved state_dict use the plain model.
-    """
+    """The model to call in the loop: `torch.compile`d per `device.compile`, else the model itself
+    (parameters are shared: the optimizer and the saved state_dict use the plain model)."""
     mode = Compile(mode)
     return model if mode is Compile.off else torch.compile(model, mode=mode.value)

@@ -1,8 +1,7 @@
 """Data-parallel training under `torchrun`: one process per device, gradients all-reduced.
 
-`torchrun --nproc_per_node=N -m train ...` starts N copies of the run. Each trains on its shard
-of every epoch's shuffled batches (`batch_size` samples per process per step, so one optimiser
-step sees `batch_size * N`), and rank 0 alone logs to MLflow and writes checkpoints.
+`torchrun --nproc_per_node=N -m train ...` starts N copies of the run, each training on its shard
+of every epoch's batches (one step sees `batch_size * N`); rank 0 alone logs and checkpoints.
 """
 
 import logging

@@ -17,9 +17,8 @@ class NonFiniteLossError(FloatingPointError):
 
 class WriteError(OSError):
     """A file could not be written (a full disk, say); the earlier version of it is intact.
-    `full`: the disk (or a size limit) was full; `where`: the option that names its folder,
-    which the message advises pointing elsewhere (`files.advising`), or None if there is none
-    (a resumed run writes where it wrote before)."""
+    `full`: the disk (or a size limit) was full; `where`: the option the message advises pointing
+    elsewhere (`files.advising`), or None (a resumed run writes where it wrote before)."""
 
     def __init__(self, path: str, reason: str, full: bool, where: str | None) -> None:
         super().__init__(None, reason, path)  # strerror, filename

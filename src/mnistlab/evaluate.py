@@ -14,6 +14,7 @@ from omegaconf import OmegaConf
 
 from mnistlab import plots, tracking
 from mnistlab.cli import one_line_errors
+from mnistlab.config import check_data_root
 from mnistlab.errors import UserError
 from mnistlab.files import advising
 from mnistlab.inference import SOURCE_HELP, load_trained
@@ -29,6 +30,7 @@ def evaluate_source(
     log_to_mlflow = bool(options.pop("log_to_mlflow", False))
     trained = load_trained(source, tracking_uri)
     cfg = OmegaConf.merge(trained.cfg, options)  # e.g. data.root where the data lives here
+    check_data_root(cfg.data, "download" in options.get("data", {}))  # a typo creates nothing
     data = build_part(cfg.data, "data", seed=cfg.seed)
     metrics = evaluate(trained.model, data, data.test, 1000, predict=True)
     tested = metrics.pop("predictions")
@@ -37,16 +39,13 @@ def evaluate_source(
     name = f"run {trained.run_id}" if trained.run_id else source
     dataset = str(cfg.data.get("dataset", "synthetic")).rsplit(".", 1)[-1]
     print(f"{name}: {type(trained.model).__name__}, {dataset} test split ({len(data.test)} images)")
-    print(f"test/acc  {metrics['acc']:.4f}")
-    print(f"test/loss {metrics['loss']:.4f}")
-    print("per-class accuracy:")
+    print(f"test/acc  {metrics['acc']:.4f}\ntest/loss {metrics['loss']:.4f}\nper-class accuracy:")
     for label, acc in zip(data.classes, per_class, strict=True):
         print(f"  {label:<14} {acc:.4f}")
     png = output or Path(f"confusion_matrix_{trained.run_id or Path(source).stem}.png")
+    title = f"{name}: test acc {metrics['acc']:.4f}"
     with advising("--output"):
-        plots.confusion_matrix(
-            matrix, data.classes, png, title=f"{name}: test acc {metrics['acc']:.4f}"
-        )
+        plots.confusion_matrix(matrix, data.classes, png, title=title)
     print(f"confusion matrix: {png}")
 
     if log_to_mlflow:
@@ -62,7 +61,7 @@ def evaluate_source(
 @one_line_errors
 def main(argv: list[str] | None = None) -> None:
     """Parse the command line and evaluate; bad input gets one line and exit code 2."""
-    parser = argparse.ArgumentParser(prog="python -m mnistlab.evaluate", description=__doc__)
+    parser = argparse.ArgumentParser(prog="mnistlab evaluate", description=__doc__)
     parser.add_argument("source", help=SOURCE_HELP)
     parser.add_argument("overrides", nargs="*", help="log_to_mlflow=true, data.root=DIR, ...")
     parser.add_argument("--tracking-uri", default=None, help="MLflow store (default as train)")

@@ -46,8 +46,7 @@ def atomic_write(path: Path, write: Callable[[IO[bytes]], None]) -> None:
 
 
 def nearest_existing(path: Path) -> Path:
-    """`path` if it exists, else the nearest of its folders that does (where a write to `path`
-    would begin; a file there is why it cannot)."""
+    """`path` if it exists, else its nearest existing folder (where a write to `path` begins)."""
     while not path.exists() and path != path.parent:
         path = path.parent
     return path
@@ -59,8 +58,7 @@ def write_text(path: Path, text: str) -> None:
 
 
 def write_csv(path: Path | str, columns: list[str], rows: Iterable[dict]) -> None:
-    """Write `rows` to `path` atomically as CSV: a header of `columns`, then each row's values
-    for them (other keys left out)."""
+    """Write `rows` to `path` atomically as CSV: a header of `columns`, then only those values."""
     path, text = Path(path), io.StringIO(newline="")
     writer = csv.DictWriter(text, fieldnames=columns, extrasaction="ignore")
     writer.writeheader()

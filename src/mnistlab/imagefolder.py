@@ -1,7 +1,6 @@
 """Your own images, in torchvision's ImageFolder layout: `root/train/<class>/*.png|jpg` and
-`root/test/<class>/*.png|jpg`. Class names are the folder names. The images are decoded once
-(resized to `image_size`, converted to `channels`), cached like MNIST, then served on the fast
-path as uint8 tensors."""
+`root/test/<class>/*.png|jpg`, classes named by their folders; decoded once (resized to
+`image_size`, `channels` channels), cached like MNIST, then served as uint8 tensors."""
 
 import os
 from pathlib import Path
@@ -18,8 +17,7 @@ SUFFIXES = {".png", ".jpg", ".jpeg"}
 
 
 def scan(root: Path, split: str) -> dict[str, list[Path]]:
-    """{class name: its image files} of `root/split`, failing in one line on a missing split or
-    an empty class folder."""
+    """{class name: its image files} of `root/split`; one line for a missing split or class."""
     folder = root / split
     if not folder.is_dir():
         raise UserError(
@@ -61,8 +59,7 @@ def decode(paths: list[Path], image_size: int, channels: int) -> Tensor:
 
 
 def read(root: Path, image_size: int, channels: int, cache_dir: str | None) -> dict:
-    """Both splits decoded, with their labels and class names; from the cache when the files
-    (names, sizes, times) and the settings are those it was made from."""
+    """Both splits decoded with labels and class names, cached by their files and the settings."""
     train, test = scan(root, "train"), scan(root, "test")
     unknown = sorted(set(test) - set(train))
     if unknown:
@@ -100,17 +97,14 @@ def load_imagefolder(
 ) -> Dataset:
     """Your own image classes from `root` (train/ and test/, a folder per class); `mean` and
     `std` (of pixels in [0, 1]) are measured on the train split (val held out) when null."""
-    folder = Path(root).expanduser().resolve()
-    t = read(folder, image_size, channels, cache_dir)
+    t = read(Path(root).expanduser().resolve(), image_size, channels, cache_dir)
     train_idx, val_idx = hold_out(len(t["train_labels"]), val_size, seed)
     images, labels = t["train_images"], t["train_labels"]
     pixels = images[train_idx].float() / 255
     return Dataset(
         train=Split(images[train_idx], labels[train_idx]),
         val=Split(images[val_idx], labels[val_idx]),
-        test=Split(t["test_images"], t["test_labels"]),
-        classes=t["classes"],
+        test=Split(t["test_images"], t["test_labels"]), classes=t["classes"],
         mean=float(pixels.mean()) if mean is None else mean,
-        std=float(pixels.std()) if std is None else std,
-        augment=Augment(augment),
-    )
+        std=float(pixels.std()) if std is None else std, augment=Augment(augment),
+    )  # fmt: skip

@@ -39,15 +39,15 @@ def load_trained(source: str, tracking_uri: str | None = None) -> Trained:
         found = [path / n for n in ("model.pth", "last.pth") if (path / n).is_file()]
         if not found:
             raise UserError(
-                f"{source}: no model.pth or last.pth in that folder; name a run output dir, "
-                "a .pth file, runs:/<run_id>/model.pth or a run id"
+                f"{source}: no model.pth or last.pth in that folder; use a {SOURCE_HELP}"
             )
         path = found[0]
     if not path.is_file():
         path, run_id = tracking.download_model_files(source, tracking_uri)
     state = checkpoint.read_torch_file(path, "checkpoint")
     if checkpoint.is_training_checkpoint(state):  # last.pth / best.pth carry everything
-        weights, cfg, info = state["model"], OmegaConf.create(state["config"]), state["data"]
+        weights, cfg = checkpoint.evaluated_weights(state), OmegaConf.create(state["config"])
+        info = state["data"]
         run_id = run_id or state["run_id"]
     else:  # a bare state_dict: its config.yaml and data.json lie beside it
         try:

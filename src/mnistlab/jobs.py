@@ -1,20 +1,13 @@
 """The jobs of a Hydra multirun (`-m`) command line, expanded before Hydra starts.
 
-`sweep_jobs` answers, for a list of command-line overrides, the override list of every job that
-Hydra's basic sweeper would launch: same jobs, same order, same strings. It follows Hydra 1.3's
-`Hydra.multirun` and `BasicSweeper.sweep` step by step, with Hydra's own code wherever it can:
-
-1. the primary config is composed in MULTIRUN mode by a real `ConfigLoaderImpl` (Hydra's parser
-   errors, "Sweeping over Hydra's configuration is not supported", unknown keys and options);
-2. the sweeper's arguments are that config's `hydra.overrides.task` (the overrides that are not
-   `hydra.*` / `hydra/*`), after the basic sweeper's `hydra.sweeper.params`;
-3. they are parsed by an `OverridesParser` that holds the config loader, so `glob(...)` lists the
-   options of its config group as Hydra's sweeper does (from the config dirs and the ConfigStore);
-4. each override's values are enumerated as `BasicSweeper.split_arguments` does, and their
-   cartesian product is taken, lazily, so that `max_jobs` bounds the work.
-
-Errors propagate as Hydra raises them (OverrideParseException, ConfigCompositionException,
-MissingConfigException, HydraException, ValueError, ...). No torch, no MLflow.
+`sweep_jobs` gives the override list of every job Hydra's basic sweeper would launch: same jobs,
+same order, same strings. It follows Hydra 1.3's `Hydra.multirun` and `BasicSweeper.sweep` step
+by step, with Hydra's own code wherever it can: a real `ConfigLoaderImpl` composes the primary
+config in MULTIRUN mode (Hydra's errors, unknown keys and options), the sweeper's arguments are
+its `hydra.overrides.task` after the basic sweeper's `hydra.sweeper.params`, an `OverridesParser`
+holding that loader parses them (so `glob(...)` lists a group's options as Hydra's sweeper does),
+and the product of their values (as `BasicSweeper.split_arguments` enumerates them) is taken
+lazily, so `max_jobs` bounds the work. Errors propagate as Hydra raises them. No torch, no MLflow.
 """
 
 from __future__ import annotations
@@ -43,12 +36,15 @@ def _sweeper_params(cfg: DictConfig) -> list[str]:
     return [f"{key}={value}" for key, value in params.items()]
 
 
-def _values(override: Override, max_values: int) -> list[str]:
+def _values(override: Override, max_values: int, ends: bool = False) -> list[str]:
     """The `key=value` strings of one override, in the basic sweeper's order: the first
-    `max_values` of a choice or range sweep, else BasicSweeper's own answer (one element, or
-    its HydraException for a sweep it cannot enumerate, such as interval)."""
+    `max_values` of a choice or range sweep, `ends`: an interval's two ends, else BasicSweeper's
+    own answer (one element, or its HydraException for a sweep it cannot enumerate)."""
     from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
 
+    if ends and override.is_interval_sweep():  # another sweeper's (Optuna's): values in between
+        key, value = override.get_key_element(), override.value()
+        return [f"{key}={value.start}", f"{key}={value.end}"]
     if override.is_sweep_override() and override.is_discrete_sweep():
         key = override.get_key_element()  # as in BasicSweeper.split_arguments
         values = itertools.islice(override.sweep_string_iterator(), max_values)
@@ -66,17 +62,10 @@ class Sweep:
 
 
 def sweep_jobs(overrides: list[str], config_dir: str, max_jobs: int = 1000) -> Sweep:
-    """Each job's override list for `python APP -m OVERRIDES`, as Hydra's basic sweeper runs it,
-    with the sweeper the config chose and whether those are all the jobs.
-
-    `overrides` are the command line's overrides (no flags: `python -m train` leaves a command
-    line with Hydra's flags, such as `--config-dir`, to Hydra); `config_dir` is the app's config
-    dir, with `config.yaml`. The ConfigStore must hold what the configs need, as in the app.
-
-    A job's list holds its task overrides only: Hydra composes each job with the command
-    line's `hydra.*` overrides first (ConfigLoaderImpl.load_sweep_config). Only the first
-    `max_jobs` jobs are built (in Hydra's order), so a huge sweep costs no more than that.
-    """
+    """Each job's task overrides for `python APP -m OVERRIDES` (no flags), as Hydra's basic sweeper
+    runs it (it composes each job with the command line's `hydra.*` overrides first), the sweeper
+    the config chose, and whether those are all the jobs: only the first `max_jobs` are built.
+    `config_dir` holds the app's config.yaml; the ConfigStore must hold what the configs need."""
     from hydra._internal.config_loader_impl import ConfigLoaderImpl
     from hydra._internal.utils import create_config_search_path
     from hydra.core.override_parser.overrides_parser import OverridesParser
@@ -93,9 +82,10 @@ def sweep_jobs(overrides: list[str], config_dir: str, max_jobs: int = 1000) -> S
     arguments = _sweeper_params(cfg) + task
     parsed = OverridesParser.create(config_loader=loader).parse_overrides(arguments)
     by_key: dict[str, list[str]] = {}  # a repeated key keeps its first place, takes the last values
+    sweeper = str(cfg.hydra.sweeper.get("_target_", ""))
+    ends = sweeper != BASIC_SWEEPER  # another sweeper's intervals: their two ends
     for override in parsed:
-        by_key[override.get_key_element()] = _values(override, max_jobs + 1)
+        by_key[override.get_key_element()] = _values(override, max_jobs + 1, ends)
     product = itertools.product(*by_key.values())  # the last override varying fastest
     jobs = [list(job) for job in itertools.islice(product, max_jobs + 1)]
-    sweeper = str(cfg.hydra.sweeper.get("_target_", ""))
     return Sweep(jobs[:max_jobs], sweeper, complete=len(jobs) <= max_jobs)

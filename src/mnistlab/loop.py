@@ -1,8 +1,7 @@
 """The epoch loop and evaluation, in plain torch: they take parts and return numbers.
 
-Nothing here knows of tracking, MLflow or Hydra. The training state is one `TrainState`, which
-the recipe checkpoints and restores; a signal stops an epoch between two steps, with the state
-holding the steps so far, so a resume finishes that epoch bit for bit.
+No tracking, MLflow or Hydra here. The recipe checkpoints and restores one `TrainState`; a signal
+stops an epoch between two steps, the state holding them: a resume finishes it bit for bit.
 """
 
 import logging
@@ -141,14 +140,10 @@ def steps_per_epoch(samples: int, batch_size: int, max_steps: int | None = None)
 
 
 def train_epoch(parts, state: TrainState, opts: LoopSettings, stop=None) -> dict:
-    """Train epoch `state.epoch + 1` over the shuffled (and augmented) train split, from step
-    `state.step` on, with `parts` (data, net, optimizer, and the optional schedule and ema).
-
-    Appends (global step, loss) to `state.step_losses`, and (global step, lr) to
-    `state.step_lrs`, every `log_every` steps. If `stop` turns true, raise EpochInterrupted
-    between two steps with the state's sums up to date. Returns the epoch's train loss and
-    accuracy, the lr of its last step, and how many samples it trained on (all ranks).
-    """
+    """Train epoch `state.epoch + 1` over the shuffled (and augmented) train split from step
+    `state.step` on, adding to `state.step_losses` and `state.step_lrs` every `log_every` steps;
+    if `stop` turns true, raise EpochInterrupted between two steps with the state's sums up to
+    date. Returns the train loss and accuracy, the last step's lr and the samples (all ranks)."""
     data, epoch, done = parts.data, state.epoch + 1, state.step
     parts.net.train()
     ranks = distributed.world_size()  # under torchrun each rank trains on 1/ranks of the split
@@ -191,8 +186,7 @@ def train_epoch(parts, state: TrainState, opts: LoopSettings, stop=None) -> dict
 
 
 def train_step(parts, inputs, labels, opts: LoopSettings):
-    """One optimisation step: forward, loss, backward, clip, step; then the per-batch schedule
-    and the weights' moving average. Returns (loss, logits)."""
+    """One step (forward, loss, backward, clip, step, per-batch schedule, EMA): (loss, logits)."""
     with autocast(parts.data.device, opts.amp):
         logits = parts.net(inputs)
         loss = F.cross_entropy(logits, labels, label_smoothing=opts.label_smoothing)

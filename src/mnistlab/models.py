@@ -8,21 +8,19 @@ from typing import Annotated
 
 from torch import Tensor, nn
 
+from mnistlab.data import normalize
 from mnistlab.options import PROBABILITY, Check, at_least
+
+WIDTHS = at_least(1, "a list of layer widths >= 1, e.g. [512,512]")
 
 
 class MLP(nn.Module):
     """The tutorial's network: Flatten, then Linear+ReLU per hidden size, then Linear to logits."""
 
     def __init__(
-        self,
-        in_shape: Sequence[int],
-        num_classes: int,
-        hidden_sizes: Annotated[
-            list[int], at_least(1, "a list of layer widths >= 1, e.g. [512,512]")
-        ],
-        dropout: Annotated[float, PROBABILITY],
-    ):
+        self, in_shape: Sequence[int], num_classes: int,
+        hidden_sizes: Annotated[list[int], WIDTHS], dropout: Annotated[float, PROBABILITY],
+    ):  # fmt: skip
         super().__init__()
         self.flatten = nn.Flatten()
         layers: list[nn.Module] = []
@@ -49,18 +47,15 @@ class FeaturesClassifier(nn.Module):
 
 
 class CNN(FeaturesClassifier):
-    """Conv3x3(+BatchNorm)+ReLU+MaxPool2 blocks, then one hidden Linear layer and the
-    classifier."""
+    """Conv3x3(+BatchNorm)+ReLU+MaxPool2 blocks, then one hidden Linear layer and the classifier."""
 
     def __init__(
-        self,
-        in_shape: Sequence[int],
-        num_classes: int,
+        self, in_shape: Sequence[int], num_classes: int,
         channels: Annotated[list[int], at_least(1, "a list of channel counts >= 1, e.g. [32,64]")],
         hidden_size: Annotated[int, at_least(1, "an integer >= 1, e.g. 256")],
         dropout: Annotated[float, PROBABILITY],
         batch_norm: bool = False,  # for runs recorded before the option existed
-    ):
+    ):  # fmt: skip
         super().__init__()
         in_channels, height, width = in_shape
         most = min(height, width).bit_length() - 1  # each block halves height and width
@@ -78,12 +73,9 @@ class CNN(FeaturesClassifier):
             in_channels, height, width = out_channels, height // 2, width // 2
         self.features = nn.Sequential(*blocks)
         self.classifier = nn.Sequential(
-            nn.Flatten(),
-            nn.Linear(in_channels * height * width, hidden_size),
-            nn.ReLU(),
-            nn.Dropout(dropout),
-            nn.Linear(hidden_size, num_classes),
-        )
+            nn.Flatten(), nn.Linear(in_channels * height * width, hidden_size), nn.ReLU(),
+            nn.Dropout(dropout), nn.Linear(hidden_size, num_classes),
+        )  # fmt: skip
 
 
 class LeNet5(FeaturesClassifier):
@@ -91,11 +83,9 @@ class LeNet5(FeaturesClassifier):
     the first conv pads by 2, so a 28x28 image is seen as the original 32x32."""
 
     def __init__(
-        self,
-        in_shape: Sequence[int],
-        num_classes: int,
+        self, in_shape: Sequence[int], num_classes: int,
         activation: Annotated[str, Check(lambda v: v in ("relu", "tanh"), "relu or tanh")],
-    ):
+    ):  # fmt: skip
         super().__init__()
         in_channels, height, width = in_shape
         if min(height, width) < 12:
@@ -136,18 +126,15 @@ class ResidualBlock(nn.Module):
 
 
 class ResNet(FeaturesClassifier):
-    """A small residual net for small images: a conv3x3 stem of `width` channels, then stages
-    of `blocks_per_stage` residual blocks, each stage after the first halving the resolution and
-    doubling the channels, then global average pooling and the classifier."""
+    """A small residual net: a conv3x3 stem of `width` channels, `stages` of `blocks_per_stage`
+    residual blocks (each after the first halves the resolution, doubles the channels), a head."""
 
     def __init__(
-        self,
-        in_shape: Sequence[int],
-        num_classes: int,
+        self, in_shape: Sequence[int], num_classes: int,
         width: Annotated[int, at_least(1, "an integer >= 1 (channels), e.g. 16")],
         stages: Annotated[int, at_least(1, "an integer >= 1, e.g. 3")],
         blocks_per_stage: Annotated[int, at_least(1, "an integer >= 1, e.g. 2")],
-    ):
+    ):  # fmt: skip
         super().__init__()
         in_channels, height, width_px = in_shape
         most = min(height, width_px).bit_length()  # each later stage halves the resolution
@@ -170,3 +157,26 @@ class ResNet(FeaturesClassifier):
         self.classifier = nn.Sequential(
             nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(channels, num_classes)
         )
+
+
+class RawImageModel(nn.Module):
+    """The run's MLflow model: its net with the data's normalisation inside, for images as users
+    have them (0-1 floats or 0-255 uint8; N x C x H x W, N x H x W or N x C*H*W). Its weights
+    are the net's (state_dict: model.pth's keys; either loads into the other)."""
+
+    def __init__(self, net: nn.Module, in_shape: Sequence[int], mean: float, std: float):
+        super().__init__()
+        self.net, self.in_shape, self.mean, self.std = net, tuple(in_shape), mean, std
+
+    def forward(self, x: Tensor) -> Tensor:
+        """Class logits for a batch of raw pixels (uint8: bit for bit the run's own)."""
+        x = x.reshape(len(x), *self.in_shape)
+        if x.is_floating_point():
+            return self.net((x.float() - self.mean) / self.std)
+        return self.net(normalize(x, self.mean, self.std))
+
+    def state_dict(self, *args, **kwargs):
+        return self.net.state_dict(*args, **kwargs)
+
+    def load_state_dict(self, *args, **kwargs):
+        return self.net.load_state_dict(*args, **kwargs)

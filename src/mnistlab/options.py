@@ -75,8 +75,7 @@ class Loader(str, Enum):
 
 
 class Augment(str, Enum):
-    """Random changes to each training batch, on its device: none, shift (up to 2 px) or affine
-    (small rotation, scale and shift)."""
+    """Random changes to each training batch: none, shift (up to 2 px) or affine (rotate, scale)."""
 
     none = "none"
     shift = "shift"

@@ -1,7 +1,5 @@
-"""The parts of a run, built from the config with `instantiate`: data, model, optimizer.
-
-Runtime values are passed at the call site: the seed to the data, the data's input shape and
-class count to the model, the model's parameters to the optimizer.
+"""The parts of a run, built from the config with `instantiate`: data, model, optimizer; with
+runtime values passed at the call site (the seed, the data's shape, the model's parameters).
 """
 
 import re
@@ -24,8 +22,7 @@ from mnistlab.schedules import Schedule
 
 @dataclass
 class Parts:
-    """What a run trains: the data on its device, the model, the optimizer, the lr schedule,
-    and the moving average of the weights (train.ema_decay), if any."""
+    """What a run trains: the data on its device, model, optimizer, lr schedule and weights' EMA."""
 
     data: Dataset
     model: nn.Module  # the plain model: its weights are what is saved

@@ -1,6 +1,5 @@
-"""Figures, drawn with matplotlib's Agg backend (no display needed), each written atomically;
-and the four plots of a trained model on its test split (`draw_run_plots`): learning curves,
-confusion matrix, per-class accuracy and the most confident mistakes."""
+"""Figures, drawn with matplotlib's Agg backend (no display needed), each written atomically,
+and a trained model's four plots on its test split (`draw_run_plots`)."""
 
 import math
 from pathlib import Path
@@ -49,11 +48,9 @@ def sweep_summary(
     for ax, key in zip(axes[0], keys, strict=False):
         values = [str(r["params"].get(key, r.get(key, ""))) for r in rows]
         numbers = [_as_number(v) for v in values]
-        numeric = all(n is not None for n in numbers) and len(set(values)) > 1
-        if numeric:
+        if all(n is not None for n in numbers) and len(set(values)) > 1:  # numeric
             xs = numbers
-            positive = all(n > 0 for n in numbers)
-            if positive and max(numbers) / min(numbers) >= 10:
+            if all(n > 0 for n in numbers) and max(numbers) / min(numbers) >= 10:
                 ax.set_xscale("log")
         else:
             categories = sorted(set(values))
@@ -91,9 +88,8 @@ def confusion_matrix(matrix: Any, classes: list[str], path: Path, title: str = "
     n = len(classes)
     fig, ax = plt.subplots(figsize=(1.0 + 0.6 * n, 0.8 + 0.6 * n))
     ax.imshow(counts, cmap="Blues")
-    ticks = range(n)
-    ax.set_xticks(ticks, classes, rotation=45, ha="right", fontsize=8)
-    ax.set_yticks(ticks, classes, fontsize=8)
+    ax.set_xticks(range(n), classes, rotation=45, ha="right", fontsize=8)
+    ax.set_yticks(range(n), classes, fontsize=8)
     top = max(max(row) for row in counts) or 1
     for i, row in enumerate(counts):
         for j, count in enumerate(row):
@@ -111,8 +107,7 @@ def learning_curves(history: dict[str, list[tuple[int, float]]], path: Path) -> 
     fig, axes = plt.subplots(1, 2, figsize=(10, 3.8))
     for ax, metric in zip(axes, ("loss", "acc"), strict=True):
         for split, style in (("train", "-o"), ("val", "-s"), ("test", "-^")):
-            points = history.get(f"{split}/{metric}", [])
-            if points:
+            if points := history.get(f"{split}/{metric}"):
                 ax.plot([s for s, _ in points], [v for _, v in points], style, label=split, ms=4)
         ax.set_xlabel("epoch")
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
@@ -143,9 +138,8 @@ def misclassified_grid(
     images: Any, true: list[int], predicted: list[int], confidence: list[float],
     classes: list[str], path: Path,
 ) -> None:  # fmt: skip
-    """The most confidently misclassified test images (uint8, N x H x W or N x C x H x W with 1
-    or 3 channels), with their true and predicted labels, tiled in one picture: one axes, not
-    one per image, draws several times faster."""
+    """The most confidently misclassified test images (uint8, N x H x W or N x 1|3 x H x W) with
+    their true and predicted labels, tiled in one axes (not one per image: several times faster)."""
     tiles = np.asarray(images)
     if tiles.ndim == 4:  # N x C x H x W -> N x H x W (x 3)
         tiles = tiles.transpose(0, 2, 3, 1)

@@ -55,7 +55,7 @@ def predict(source: str, images: list[Path], tracking_uri: str | None = None) ->
 @one_line_errors
 def main(argv: list[str] | None = None) -> None:
     """Parse the command line and predict; bad input gets one line and exit code 2."""
-    parser = argparse.ArgumentParser(prog="python -m mnistlab.predict", description=__doc__)
+    parser = argparse.ArgumentParser(prog="mnistlab predict", description=__doc__)
     parser.add_argument("source", help=SOURCE_HELP)
     parser.add_argument("images", nargs="+", type=Path, help="grayscale image files")
     parser.add_argument("--tracking-uri", default=None, help="MLflow store (default as train)")

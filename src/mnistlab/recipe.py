@@ -4,9 +4,7 @@
 - build: seed, then the data, model and optimizer from the config (`parts.py`);
 - fit: the epochs (`loop.py`), each logged to the tracker and checkpointed;
 - finish: the weights, config, data facts, plots and the MLflow model, added to the record.
-
-The tracker (`mnistlab.tracking`) records the run and keeps it safe: its journal, its watchdog
-and its output dir's lock live behind `open_run` and `Claim`.
+The tracker (`mnistlab.tracking`, behind `open_run` and `Claim`) records the run and keeps it safe.
 """
 
 import contextlib
@@ -26,25 +24,10 @@ from omegaconf import DictConfig, OmegaConf
 from tqdm import tqdm
 from tqdm.contrib.logging import logging_redirect_tqdm
 
-from mnistlab import checkpoint, distributed, tracking
-from mnistlab.config import (
-    Config,
-    anchor_paths,
-    group_choice,
-    hydra_output_dir,
-    save_hydra_files,
-    validate,
-)  # fmt: skip
+from mnistlab import checkpoint, config, distributed, loop, tracking
 from mnistlab.errors import UserError
 from mnistlab.files import advising, write_text
-from mnistlab.loop import (
-    EpochInterrupted,
-    LoopSettings,
-    TrainState,
-    evaluate,
-    seed_everything,
-    train_epoch,
-)  # fmt: skip
+from mnistlab.loop import LoopSettings, TrainState
 from mnistlab.parts import Parts, build_parts
 from mnistlab.plots import draw_run_plots
 from mnistlab.signals import StopRequest
@@ -60,52 +43,60 @@ class Start:
     output_dir: Path
     checkpoint: dict[str, Any] | None = None  # the one to resume from
     finished: float | None = None  # a sweep job run again that had FINISHED: its best val acc
+    recorded: bool = False  # its MLflow run exists
 
 
 def train(cfg: DictConfig, output_dir: str | Path | None = None) -> float:
     """Check the config, train it, record the run in MLflow; return its best val accuracy."""
-    validate(cfg)
+    config.validate(cfg)
     return run(cfg, output_dir)
 
 
 def run(cfg: DictConfig, output_dir: str | Path | None = None) -> float:
-    """Train a checked config: prepare, build, fit, finish. Returns the best val accuracy."""
-    start = prepare(cfg, output_dir)
-    if start.finished is not None:
-        return start.finished
-    cfg, output_dir, rank0 = start.cfg, start.output_dir, distributed.is_main()
-    if start.checkpoint:  # it writes where it wrote before: no other folder to point to
-        key, then, where = f"resume={cfg.resume}", "resume", None
-    else:
+    """Train a checked config: prepare, build, fit, finish. Returns the best val accuracy. A
+    single run that fails before its MLflow run exists leaves no output dir of its own."""
+    stamp = datetime.now().strftime("%Y-%m-%d/%H-%M-%S-%f")
+    folder = Path(output_dir or config.runtime("output_dir") or Path("outputs", stamp))
+    start = Start(cfg, folder)
+    try:
+        start = prepare(cfg, folder)
+        if start.finished is not None:
+            return start.finished
+        cfg, output_dir, rank0 = start.cfg, start.output_dir, distributed.is_main()
         key = where = "hydra.sweep.dir" if tracking.in_multirun() else "hydra.run.dir"
         then = "rerun"
-    claim = tracking.Claim(output_dir, key, then) if rank0 else None  # rank 0 records the run
-    with claim or contextlib.nullcontext(), advising(where):  # a failed write: what to change
-        parts, state = build(cfg, start)
-        with (
-            open_tracker(cfg, claim, parts, start) as tracker,
-            StopRequest().installed() as stop,
-            logging_redirect_tqdm(),
-        ):
-            with debugging(cfg.train, output_dir, tracker):
-                fit(cfg, parts, state, tracker, stop, output_dir)
-            distributed.teardown()
-            if not rank0:  # the other ranks are done: rank 0 writes the outputs
-                return state.best_val_acc
-            finish(cfg, parts, state, tracker, output_dir)
-    log.info(f"Best val acc {state.best_val_acc:.4f}; outputs in {output_dir}")
-    uri = tracking.tracking_uri(cfg)
-    log.info(f"MLflow run {tracker.run_id}: "
-             f"{tracking.how_to_open(uri, tracker.experiment_id, tracker.run_id)}")  # fmt: skip
-    return state.best_val_acc
+        if start.checkpoint:  # it writes where it wrote before: no other folder to point to
+            key, then, where = f"resume={cfg.resume}", "resume", None
+        claim = tracking.Claim(output_dir, key, then) if rank0 else None  # rank 0 records the run
+        with claim or contextlib.nullcontext(), advising(where):  # a failed write: what to change
+            parts, state = build(cfg, start)
+            with (
+                open_tracker(cfg, claim, parts, start) as tracker,
+                StopRequest().installed() as stop,
+                logging_redirect_tqdm(),
+            ):
+                with debugging(cfg.train, output_dir, tracker):
+                    fit(cfg, parts, state, tracker, stop, output_dir)
+                distributed.teardown()
+                if not rank0:  # the other ranks are done: rank 0 writes the outputs
+                    return state.best_val_acc
+                finish(cfg, parts, state, tracker, output_dir)
+        log.info(f"Best val acc {state.best_val_acc:.4f}; outputs in {output_dir}")
+        uri = tracking.tracking_uri(cfg)
+        log.info(f"MLflow run {tracker.run_id}: "
+                 f"{tracking.how_to_open(uri, tracker.experiment_id, tracker.run_id)}")  # fmt: skip
+        return state.best_val_acc
+    except BaseException:
+        if not start.recorded and not tracking.in_multirun():
+            tracking.Claim.discard(folder, config.launch_dir())
+        raise
 
 
 def build(cfg: DictConfig, start: Start) -> tuple[Parts, TrainState]:
-    """Seed, then build the parts (before the store is opened: a run stopped by a missing
-    dataset, or a model that does not fit it, writes no record). A resumed run's parts come
-    back as its checkpoint left them."""
-    save_hydra_files(cfg, start.output_dir)
-    seed_everything(cfg.seed)
+    """Seed, then build the parts (a resumed run's as its checkpoint left them) before the store
+    is opened: a run stopped by a missing dataset, or a model that does not fit, logs nothing."""
+    config.save_hydra_files(cfg, start.output_dir)
+    loop.seed_everything(cfg.seed)
     parts = build_parts(cfg, threads=tracking.threads_per_job())
     state = TrainState()
     if start.checkpoint:  # a checkpoint that does not fit fails here, before the store
@@ -118,16 +109,11 @@ def build(cfg: DictConfig, start: Start) -> tuple[Parts, TrainState]:
     return parts, state
 
 
-def prepare(cfg: DictConfig, output_dir: str | Path | None) -> Start:
-    """Where the run writes, and where it starts: fresh; from the checkpoint `resume=` names;
-    or, for a sweep job run again in the same dir, from its own last.pth, or not at all if its
-    earlier run FINISHED (force=true redoes it)."""
-    anchor_paths(cfg)
-    output_dir = Path(
-        output_dir
-        or hydra_output_dir()
-        or Path("outputs", datetime.now().strftime("%Y-%m-%d/%H-%M-%S-%f"))
-    )
+def prepare(cfg: DictConfig, output_dir: Path) -> Start:
+    """Where the run writes, and where it starts: fresh, in `output_dir`; from the checkpoint
+    `resume=` names; or, for a sweep job run again in the same dir, from its own last.pth, or
+    not at all if its earlier run FINISHED (force=true redoes it)."""
+    config.anchor_paths(cfg)
     last = output_dir / "last.pth"
     if tracking.in_multirun() and not cfg.force and last.is_file():
         earlier = checkpoint.load_checkpoint(last)
@@ -154,7 +140,7 @@ def prepare(cfg: DictConfig, output_dir: str | Path | None) -> Start:
 def resumed_config(cfg: DictConfig, saved: dict) -> DictConfig:
     """A resumed run's own config: the one its checkpoint saved, with the store the user points
     at now, and today's defaults for options added since (components are taken whole)."""
-    run_cfg = OmegaConf.merge(OmegaConf.structured(Config), cfg)
+    run_cfg = OmegaConf.merge(OmegaConf.structured(config.Config), cfg)
     for key, value in saved.items():
         if key in ("mlflow", "resume"):  # the store is where the user points now
             continue
@@ -175,10 +161,11 @@ def open_tracker(cfg: DictConfig, claim: Any, parts: Parts, start: Start):
         "torch.threads": str(parts.threads or torch.get_num_threads()),
         "distributed.world_size": str(distributed.world_size()),
     }
-    if group_choice("debug"):  # so the UI can filter debug runs away
-        tags["debug"] = group_choice("debug")
+    if config.group_choice("debug"):  # so the UI can filter debug runs away
+        tags["debug"] = config.group_choice("debug")
     resume = start.checkpoint and (start.checkpoint["run_id"], start.checkpoint["state"].epoch)
     with tracking.open_run(cfg, claim, tags, resume or None) as tracker:
+        start.recorded = True
         state = start.checkpoint["state"] if start.checkpoint else TrainState()
         where = f"epoch {state.epoch + 1}" + (f" step {state.step + 1}" if state.step else "")
         uri = tracking.redact(tracking.tracking_uri(cfg))
@@ -190,19 +177,16 @@ def open_tracker(cfg: DictConfig, claim: Any, parts: Parts, start: Start):
 @contextlib.contextmanager
 def debugging(train_cfg: Any, output_dir: Path, tracker: Any) -> Iterator[None]:
     """With train.detect_anomaly, find the op that made a NaN or inf in the backward pass; with
-    train.profile, record the epochs with torch.profiler and add its trace (trace.json, for
-    chrome://tracing or Perfetto) and a table of the top ops (top_ops.txt) to the run's
-    artifacts under profile/."""
+    train.profile, add torch.profiler's trace (trace.json, for chrome://tracing or Perfetto) and
+    its top ops (top_ops.txt) to the run's artifacts under profile/."""
     with torch.autograd.set_detect_anomaly(bool(train_cfg.detect_anomaly)):
         if not train_cfg.profile:
             yield
             return
         from torch.profiler import ProfilerActivity, profile
 
-        activities = [ProfilerActivity.CPU]
-        if torch.cuda.is_available():
-            activities.append(ProfilerActivity.CUDA)
-        with profile(activities=activities, record_shapes=True) as prof:
+        gpu = [ProfilerActivity.CUDA] if torch.cuda.is_available() else []
+        with profile(activities=[ProfilerActivity.CPU, *gpu], record_shapes=True) as prof:
             yield
         folder = output_dir / "profile"
         folder.mkdir(parents=True, exist_ok=True)
@@ -212,19 +196,14 @@ def debugging(train_cfg: Any, output_dir: Path, tracker: Any) -> Iterator[None]:
         tracker.log_artifact(folder, "profile")
 
 
-def loop_settings(cfg: DictConfig) -> LoopSettings:
-    """What the epoch loop reads of the config."""
-    train = cfg.train
-    return LoopSettings(
-        cfg.epochs, cfg.batch_size, cfg.seed, train.log_every, cfg.device.amp, train.on_nan,
-        train.label_smoothing, train.grad_clip_norm, train.max_steps,
-    )  # fmt: skip
-
-
 def fit(cfg, parts: Parts, state: TrainState, tracker, stop, output_dir: Path) -> None:
     """Train the epochs left; after each, log its metrics, step the per-epoch schedule and save a
     checkpoint. Stops early on train.early_stopping_patience or train.target_loss."""
-    opts = loop_settings(cfg)
+    train = cfg.train
+    opts = LoopSettings(
+        cfg.epochs, cfg.batch_size, cfg.seed, train.log_every, cfg.device.amp, train.on_nan,
+        train.label_smoothing, train.grad_clip_norm, train.max_steps,
+    )  # fmt: skip
     epochs = tqdm(range(state.epoch + 1, cfg.epochs + 1), desc="epochs", disable=None, position=0)
     trial = None
     if tracking.in_multirun():  # an Optuna trial reports every epoch
@@ -242,7 +221,7 @@ def fit(cfg, parts: Parts, state: TrainState, tracker, stop, output_dir: Path) -
             log.info(f"Optuna pruned trial {trial.number} after epoch {epoch}")
             tracker.log_tags({"optuna.state": "PRUNED", "optuna.pruned_epoch": str(epoch)})
             return
-        patience, target = cfg.train.early_stopping_patience, cfg.train.target_loss
+        patience, target = train.early_stopping_patience, train.target_loss
         if patience and epoch - state.best_epoch >= patience:
             log.info(f"Early stop after epoch {epoch}: no better val acc for {patience} epochs")
             tracker.log_tags({"early_stopped_epoch": str(epoch)})
@@ -263,8 +242,8 @@ def run_epoch(cfg, parts: Parts, state: TrainState, opts: LoopSettings, where: t
     stop, tracker, output_dir = where
     epoch, start = state.epoch + 1, time.perf_counter() - state.elapsed_s
     try:
-        train_m = train_epoch(parts, state, opts, stop)
-    except EpochInterrupted:
+        train_m = loop.train_epoch(parts, state, opts, stop)
+    except loop.EpochInterrupted:
         state.elapsed_s = time.perf_counter() - start
         save_checkpoints(cfg, parts, state, tracker, output_dir, improved=False)
         stop.raise_if_requested(
@@ -274,19 +253,15 @@ def run_epoch(cfg, parts: Parts, state: TrainState, opts: LoopSettings, where: t
     speed = {"train/samples_per_s": train_m.pop("samples") / epoch_time}
     metrics = {f"train/{k}": v for k, v in train_m.items()}
     for split in ("val", "test"):
-        split_m = evaluate(parts.evaluated, parts.data, getattr(parts.data, split),
+        split_m = loop.evaluate(parts.evaluated, parts.data, getattr(parts.data, split),
                            cfg.train.eval_batch_size, cfg.device.amp)  # fmt: skip
         metrics.update({f"{split}/{k}": v for k, v in split_m.items()})
     steps = {"train/step_loss": state.step_losses}
     if parts.schedule.per_batch:
         steps["train/step_lr"] = state.step_lrs
     tracker.log_epoch(epoch, {**metrics, "epoch_time_s": epoch_time, **speed}, steps)
-    shown = {k: v for k, v in metrics.items() if k != "train/lr"}
-    log.info(
-        f"Epoch {epoch}/{cfg.epochs}: "
-        + ", ".join(f"{k} {v:.4f}" for k, v in shown.items())
-        + f", {epoch_time:.2f} s"
-    )
+    shown = ", ".join(f"{k} {v:.4f}" for k, v in metrics.items() if k != "train/lr")
+    log.info(f"Epoch {epoch}/{cfg.epochs}: {shown}, {epoch_time:.2f} s")
     return metrics
 
 
@@ -295,8 +270,8 @@ def save_checkpoints(cfg, parts: Parts, state: TrainState, tracker, output_dir: 
     if not distributed.is_main():
         return
     last, best = output_dir / "last.pth", output_dir / "best.pth"
-    config = OmegaConf.to_container(cfg, resolve=True, enum_to_str=True)
-    about = {"run_id": tracker.run_id, "config": config, "data": parts.data.info()}
+    saved = OmegaConf.to_container(cfg, resolve=True, enum_to_str=True)
+    about = {"run_id": tracker.run_id, "config": saved, "data": parts.data.info()}
     checkpoint.save_checkpoint(last, parts, state, **about)
     if improved:
         shutil.copyfile(last, output_dir / ".best.pth.tmp")
@@ -307,15 +282,13 @@ def save_checkpoints(cfg, parts: Parts, state: TrainState, tracker, output_dir: 
 
 
 def finish(cfg, parts: Parts, state: TrainState, tracker, output_dir: Path) -> None:
-    """Write the run's outputs and add them to its record: the weights, the resolved config,
-    the data facts, the MLflow model, the plots, Hydra's files and the log."""
+    """Write the run's outputs (weights, config, data facts, plots) and add them to its record."""
     model = parts.ema.module if parts.ema is not None else parts.model  # the weights evaluated
     checkpoint.save_weights(model, output_dir / "model.pth")
     write_text(output_dir / "config.yaml", tracking.redact(OmegaConf.to_yaml(cfg, resolve=True)))
     weights = "ema" if parts.ema is not None else "last"  # the moving average, or the last step's
-    write_text(
-        output_dir / "data.json", json.dumps({**parts.data.info(), "weights": weights}, indent=1)
-    )
+    facts = json.dumps({**parts.data.info(), "weights": weights}, indent=1)
+    write_text(output_dir / "data.json", facts)
     for name in ("model.pth", "config.yaml", "data.json"):
         tracker.log_artifact(output_dir / name)
     if cfg.mlflow.log_model:

@@ -92,7 +92,7 @@ def table(rows: list[dict[str, Any]]) -> str:
 @one_line_errors
 def main(argv: list[str] | None = None) -> None:
     """Print the table; write the CSV and the figure; bad input gets one line and exit 2."""
-    parser = argparse.ArgumentParser(prog="python -m mnistlab.report", description=__doc__)
+    parser = argparse.ArgumentParser(prog="mnistlab report", description=__doc__)
     parser.add_argument("target", nargs="?", default="mnistlab", help=TARGET_HELP)
     parser.add_argument("--tracking-uri", default=None, help="MLflow store (default as train)")
     parser.add_argument("--sort", default="best_val_acc", help="column or metric to sort by")

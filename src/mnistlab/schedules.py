@@ -1,8 +1,8 @@
 """Learning-rate schedules, one function per option of the `scheduler` config group.
 
-Each is built at the call site with the run's optimizer, its epochs and its steps per epoch,
-and returns a `Schedule`: torch's scheduler, and whether the loop steps it after every batch
-(`per_batch`) or the recipe after every epoch (with the val loss, for `plateau`).
+Each is built with the run's optimizer, epochs and steps per epoch, and returns a `Schedule`:
+torch's scheduler, stepped by the loop after every batch (`per_batch`) or else by the recipe
+after every epoch (with the val loss, for `plateau`).
 """
 
 import math
@@ -68,8 +68,7 @@ def cosine(
     steps_per_epoch: int,
     warmup_epochs: Annotated[float, Check(lambda v: v >= 0, "epochs >= 0, e.g. 0 or 0.5")],
 ) -> Schedule:
-    """Linear warmup from 0 over `warmup_epochs`, then a cosine from `lr` to 0 at the last
-    step, stepped per batch."""
+    """Linear warmup from 0 over `warmup_epochs`, then a cosine from `lr` to 0, per batch."""
     total, warmup = epochs * steps_per_epoch, round(warmup_epochs * steps_per_epoch)
 
     def factor(done: int) -> float:  # steps done before this one
@@ -91,13 +90,11 @@ def onecycle(
     final_div_factor: Annotated[float, POSITIVE],
 ) -> Schedule:
     """OneCycleLR, stepped per batch: up to `max_lr` over `pct_start` of the run, then down."""
-    return Schedule(
-        lr_scheduler.OneCycleLR(
-            optimizer, max_lr=max_lr, epochs=epochs, steps_per_epoch=steps_per_epoch,
-            pct_start=pct_start, div_factor=div_factor, final_div_factor=final_div_factor,
-        ),
-        per_batch=True,
+    scheduler = lr_scheduler.OneCycleLR(
+        optimizer, max_lr=max_lr, epochs=epochs, steps_per_epoch=steps_per_epoch,
+        pct_start=pct_start, div_factor=div_factor, final_div_factor=final_div_factor,
     )  # fmt: skip
+    return Schedule(scheduler, per_batch=True)
 
 
 def plateau(
@@ -107,7 +104,6 @@ def plateau(
     factor: Annotated[float, Check(lambda v: 0 < v < 1, "a fraction in (0, 1), e.g. 0.5")],
     patience: Annotated[int, at_least(0, "an integer >= 0 (epochs), e.g. 1")],
 ) -> Schedule:
-    """ReduceLROnPlateau on the val loss: the lr times `factor` after `patience` epochs
-    without improvement."""
+    """ReduceLROnPlateau: lr times `factor` after `patience` epochs without a better val loss."""
     scheduler = lr_scheduler.ReduceLROnPlateau(optimizer, factor=factor, patience=patience)
     return Schedule(scheduler, on_val_loss=True)

@@ -1,9 +1,8 @@
 """Comparing runs like a scientist: a sweep's rows with their seeds folded into configs.
 
 `by_config` groups the rows (`tracking.child_rows`) by their `config_digest` tag (the config
-without its seed): one row per config with the swept values, n, the mean and std of best val acc
-and final test acc, and the run id and seed of its best seed. `best_config` is the config with
-the best MEAN val accuracy; `config_figure` draws the means with error bars.
+without its seed): per config, the swept values, n, mean and std of the accuracies and its best
+seed's run. `best_config` has the best MEAN val accuracy; `config_figure` draws the error bars.
 """
 
 import math
@@ -54,9 +53,14 @@ def best_config(groups: list[dict[str, Any]]) -> dict[str, Any] | None:
     return next((g for g in groups if g["n"]), None)
 
 
+def readable(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """`rows` with floats rounded to 4 decimals, for reading (MLflow keeps every digit)."""
+    return [{k: round(v, 4) if isinstance(v, float) else v for k, v in r.items()} for r in rows]
+
+
 def write_by_config(groups: list[dict[str, Any]], swept: list[str], path: Path) -> None:
     """The groups as CSV: swept values, n, means and stds, best seed and its run id, digest."""
-    write_csv(path, [*config_keys(swept), *STATS, *TAIL], groups)
+    write_csv(path, [*config_keys(swept), *STATS, *TAIL], readable(groups))
 
 
 def table_by_config(groups: list[dict[str, Any]], swept: list[str]) -> str:

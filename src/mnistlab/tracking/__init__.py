@@ -1,20 +1,12 @@
 """Tracking: where runs are recorded, and the safety machinery that keeps every record.
 
 The one way in: the rest of mnistlab imports `mnistlab.tracking` and uses these names only.
-
-- `open_run` opens (or reopens) a run's MLflow record and yields a `Tracker` (log an epoch, an
-  artifact, the model); it closes the run with its status. `NoTracker` logs nothing.
-- `Claim` holds a run's output dir (a lock file) and starts the watchdog that closes the run if
-  the process dies; the journal and the background sender live in the tracker.
-- Store: `tracking_uri`, `check_store`, `how_to_open`, `redact`.
-- Sweeps: `SweepCallback` (in conf/config.yaml), `in_multirun`, `threads_per_job`,
-  `job_failed`, `close_parent`.
-Imported on first use, as a run needs none of them (`LATER`):
-- Reading runs back: `run_status`, `run_checkpoint`, `download_model_files`, `log_results`,
-  `existing_store`, and for comparisons `run_row` and `child_rows` (`mnistlab.summary` folds
-  their seeds into configs).
-- The registry: `promote` (the best run of a sweep, or a run, as a registered model version
-  with an alias), `resolve_model_uri` (models:/<name>@<alias> to its run).
+`open_run` opens (or reopens) a run's MLflow record, yields a `Tracker` and closes the run with
+its status (`NoTracker` logs nothing); `Claim` holds its output dir and starts the watchdog that
+closes the run if the process dies. The store: `tracking_uri`, `check_store`, `how_to_open`,
+`redact`; sweeps: `SweepCallback`, `in_multirun`, `threads_per_job`, `job_failed`,
+`close_parent`. Imported on first use (`LATER`), as a run needs none: reading runs back (`lookup`)
+and the registry (`promote`, `resolve_model_uri`).
 """
 
 from importlib import import_module
@@ -80,8 +72,7 @@ class Tracker(Protocol):
 
 
 class NoTracker(Tracker):
-    """The tracker of a torchrun rank other than 0: it logs nothing (rank 0 logs for all). Its
-    methods are the interface's own, which do nothing."""
+    """The tracker of a torchrun rank other than 0 (rank 0 logs for all): the Protocol's no-ops."""
 
     run_id = None
 

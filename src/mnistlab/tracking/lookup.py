@@ -14,7 +14,16 @@ from urllib.parse import quote
 from omegaconf import DictConfig, OmegaConf
 
 from mnistlab.errors import UserError
-from mnistlab.tracking.store import connect, how_to_open, redact, sqlite_path, tracking_uri
+from mnistlab.tracking.store import (
+    TRAINING_VIEW,
+    connect,
+    how_to_open,
+    redact,
+    sqlite_path,
+    tracking_uri,
+)
+
+RANKED = ("val/acc", "test/acc")  # the metrics a sweep's jobs are compared on, the first ranks
 
 
 def store_of(uri: str | None) -> str:
@@ -154,5 +163,17 @@ def compare_page(uri: str, experiment_id: str, run_ids: list[str]) -> tuple[str,
     page = f"#/compare-runs?runs={quote(runs, safe='')}&experiments={quote(experiments, safe='')}"
     placeholder = "0" * 32
     how = how_to_open(uri, experiment_id, placeholder)
-    how = how.replace(f"#/experiments/{experiment_id}/runs/{placeholder}", page)
+    how = how.replace(f"#/experiments/{experiment_id}/runs/{placeholder}?", f"{page}&")
     return how.rsplit(" ", 1)[-1], how
+
+
+def share_sweep_view(client: Any, experiment_id: str, parent: str, swept: list[str]) -> str:
+    """The address of the runs table showing the sweep's jobs, best val acc first, with the
+    swept params and the metrics as columns: a view MLflow's UI shares through an experiment
+    tag (`mlflow.sharedViewState.<key>`, read by `?viewStateShareKey=<key>`)."""
+    columns = [f"params.`{k}`" for k in swept] + [f"metrics.`{m}`" for m in RANKED]
+    state = {"searchFilter": f"tags.`mlflow.parentRunId` = '{parent}'", "orderByAsc": False,
+             "orderByKey": f"metrics.`{RANKED[0]}`", "selectedColumns": columns}  # fmt: skip
+    client.set_experiment_tag(experiment_id, f"mlflow.sharedViewState.{parent}", json.dumps(state))
+    url = compare_page(client.tracking_uri, experiment_id, [])[0].split("#")[0]
+    return f"{url}#/experiments/{experiment_id}/runs?viewStateShareKey={parent}&{TRAINING_VIEW}"

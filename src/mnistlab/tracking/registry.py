@@ -3,6 +3,7 @@ registered model version with an alias, and find the run behind `models:/<name>@
 
 import re
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from mnistlab.errors import UserError
@@ -55,16 +56,65 @@ def winner(client: Any, source: str, store: str) -> tuple[Any, dict[str, str]]:
             if key in run.data.metrics:
                 tags[f"mnistlab.{key.removeprefix('best/')}"] = str(run.data.metrics[key])
         run = client.get_run(best)
-    val = [m.value for m in client.get_metric_history(run.info.run_id, WINNING_METRIC)]
     tags["mnistlab.run_id"] = run.info.run_id
-    tags["mnistlab.metric_value"] = str(max(val)) if val else "nan"
     tags["mnistlab.test_acc"] = str(run.data.metrics.get("test/acc", "nan"))
     return run, tags
 
 
-def promote(source: str, name: str, alias: str | None, uri: str | None) -> Promotion:
-    """Register the MLflow model of `source`'s winning run as a new version of `name` (created if
-    new), tagged with the run and the metric it won on; point `alias` at it."""
+def best_weights(client: Any, run: Any) -> tuple[dict, int, float]:
+    """(the weights of the run's best.pth, in its output dir or its artifacts, as it evaluated
+    them; the epoch they are from; their val acc)."""
+    from mlflow.exceptions import MlflowException
+
+    from mnistlab.checkpoint import evaluated_weights, load_checkpoint
+
+    local = Path(run.data.tags.get("hydra.output_dir", "")) / "best.pth"
+    try:
+        path = local if local.is_file() else client.download_artifacts(
+            run.info.run_id, "checkpoints/best.pth")  # fmt: skip
+    except (MlflowException, OSError) as err:
+        raise UserError(
+            f"--weights=best: run {run.info.run_id} has no best.pth in {local.parent} nor in its "
+            "artifacts; promote its last weights (--weights=last)"
+        ) from err
+    checkpoint = load_checkpoint(Path(path), "--weights=best")
+    state = checkpoint["state"]
+    return evaluated_weights(checkpoint), state.epoch, state.best_val_acc
+
+
+def log_best_model(client: Any, run: Any, model_uri: str, tags: dict[str, str]) -> str:
+    """Log the run's best weights as MLflow model "model_best", as its "model" is logged (its
+    signature, metadata and requirements); tag `tags` with their epoch and val acc; its URI."""
+    import mlflow.pytorch
+    import torch
+    from mlflow.models import Model, get_model_info
+
+    weights, epoch, val_acc = best_weights(client, run)
+    model, info = mlflow.pytorch.load_model(model_uri), get_model_info(model_uri)
+    model.load_state_dict(weights)
+    tags.update({"mnistlab.epoch": str(epoch), "mnistlab.metric_value": str(val_acc)})
+    return Model.log(
+        artifact_path=None, name="model_best", flavor=mlflow.pytorch, run_id=run.info.run_id,
+        pytorch_model=model, signature=info.signature, serialization_format="pickle",
+        metadata={**(info.metadata or {}), "weights": "best"},
+        pip_requirements=[f"torch=={torch.__version__.split('+')[0]}"],  # as "model" has
+    ).model_uri  # fmt: skip
+
+
+def last_epoch(client: Any, run: Any, tags: dict[str, str]) -> None:
+    """Tag `tags` with the epoch and val acc of the run's last weights (its "model")."""
+    history = client.get_metric_history(run.info.run_id, WINNING_METRIC)
+    last = max(history, key=lambda m: m.step, default=None)
+    tags.update({"mnistlab.epoch": str(last.step if last else 0),
+                 "mnistlab.metric_value": str(last.value if last else "nan")})  # fmt: skip
+
+
+def promote(
+    source: str, name: str, alias: str | None, uri: str | None, weights: str = "last"
+) -> Promotion:
+    """Register the MLflow model of `source`'s winning run, its last weights or its best, as a
+    new version of `name` (created if new), tagged with the run, the weights and their epoch
+    and val acc; point `alias` at it."""
     import mlflow
     from mlflow.exceptions import MlflowException
 
@@ -78,6 +128,12 @@ def promote(source: str, name: str, alias: str | None, uri: str | None) -> Promo
         )
     mlflow.set_tracking_uri(store)
     mlflow.set_registry_uri(store)
+    mlflow.set_experiment(experiment_id=run.info.experiment_id)
+    tags["mnistlab.weights"] = weights
+    if weights == "best":
+        model_uri = log_best_model(client, run, model_uri, tags)
+    else:
+        last_epoch(client, run, tags)
     try:
         version = mlflow.register_model(model_uri, name, tags=tags).version
         if alias:
@@ -89,7 +145,8 @@ def promote(source: str, name: str, alias: str | None, uri: str | None) -> Promo
 
 
 def resolve_model_uri(source: str, uri: str | None) -> str:
-    """The run id behind `models:/<name>@<alias>` or `models:/<name>/<version>`."""
+    """What `models:/<name>@<alias>` or `models:/<name>/<version>` holds: its run's id, or for
+    best weights (`promote --weights best`) that run's best.pth."""
     from mlflow.exceptions import MlflowException
 
     match = re.fullmatch(r"models:/([^/@]+)(?:@([^/]+)|/(\d+))", source)
@@ -102,7 +159,7 @@ def resolve_model_uri(source: str, uri: str | None) -> str:
     except MlflowException as err:
         raise UserError(
             f"{source}: no registered model {name} in {redact(store)}; register one with "
-            f"python -m mnistlab.promote <run id> --name {name} (and --tracking-uri)"
+            f"mnistlab promote <run id> --name {name} (and --tracking-uri)"
         ) from err
     try:
         found = (
@@ -118,4 +175,7 @@ def resolve_model_uri(source: str, uri: str | None) -> str:
         ) from err
     if not found.run_id:
         raise UserError(f"{source}: this version was not logged by a run; name a run id instead")
-    return found.run_id
+    if found.tags.get("mnistlab.weights") != "best":
+        return found.run_id
+    local = Path(client.get_run(found.run_id).data.tags.get("hydra.output_dir", "")) / "best.pth"
+    return str(local) if local.is_file() else f"runs:/{found.run_id}/checkpoints/best.pth"

@@ -1,9 +1,8 @@
 """`open_run`: one MLflow run per training run, opened (or reopened) and closed with a status.
 
-The run holds the resolved config as params, and as tags what it ran on and how to rebuild it:
-the git commit, the output dir, the overrides, the device. It ends FINISHED, FAILED (with the
-reason and traceback) or KILLED (a signal), or is left RUNNING when the store cannot be told,
-with its metrics kept in the journal.
+Its params are the resolved config, its tags what it ran on and how to rebuild it (commit, output
+dir, overrides, device). It ends FINISHED, FAILED (reason and traceback) or KILLED (a signal), or
+stays RUNNING when the store cannot be told (its metrics kept in the journal).
 """
 
 import logging
@@ -28,12 +27,11 @@ log = logging.getLogger(__name__)
 
 def flatten(node: Any, prefix: str = "") -> dict[str, str]:
     """Every leaf of a resolved config as {dotted.key: str(value)}; lists stay whole."""
-    if isinstance(node, dict):
-        out: dict[str, str] = {}
-        for key, value in node.items():
-            out.update(flatten(value, f"{prefix}{key}."))
-        return out
-    return {prefix.rstrip("."): str(node)}
+    if not isinstance(node, dict):
+        return {prefix.rstrip("."): str(node)}
+    return dict(
+        kv for key, value in node.items() for kv in flatten(value, f"{prefix}{key}.").items()
+    )
 
 
 def hydra_context() -> dict[str, Any]:
@@ -46,8 +44,7 @@ def hydra_context() -> dict[str, Any]:
 
 
 def aliases(cfg: DictConfig) -> set[str]:
-    """Dotted keys whose value is only another key's (`optimizer.lr: ${lr}`): logged once, under
-    the key the user sets (`lr`)."""
+    """Dotted keys whose value is only another key's (`optimizer.lr: ${lr}`): logged as `lr`."""
     raw = flatten(OmegaConf.to_container(cfg, resolve=False, enum_to_str=True))
     return {key for key, value in raw.items() if re.fullmatch(r"\$\{[\w.]+\}", value)}
 
@@ -65,7 +62,11 @@ def run_params(cfg: DictConfig) -> dict[str, str]:
 
 
 def new_run(client: Any, experiment_id: str, cfg: DictConfig, output_dir: Path, tags: dict) -> str:
-    """Create the run, named and tagged, with its params; its id."""
+    """Create the run, named and tagged (MLflow's own tags too: user, source, ...), with its
+    params; its id."""
+    from mlflow.entities import Param
+    from mlflow.tracking.context.registry import resolve_tags
+
     context = hydra_context()
     child = child_context() or {}  # parent link and sweep tags when this is a sweep's job
     # MLflow's own random names come from the seeded `random`: every run would be called alike
@@ -77,18 +78,9 @@ def new_run(client: Any, experiment_id: str, cfg: DictConfig, output_dir: Path, 
         "hydra.overrides": redact(" ".join(context["overrides"])),
         "config_digest": config_digest(cfg), **tags, **child,
     }  # fmt: skip
-    return create_run(client, experiment_id, all_tags, run_name, run_params(cfg))
-
-
-def create_run(
-    client: Any, experiment_id: str, tags: dict[str, str], run_name: str, params: dict[str, str]
-) -> str:  # fmt: skip
-    """Create a run with `tags` (and MLflow's own: user, source, ...) and `params`; its id."""
-    from mlflow.entities import Param
-    from mlflow.tracking.context.registry import resolve_tags
-
-    run = client.create_run(experiment_id, tags=resolve_tags(tags), run_name=run_name)
-    client.log_batch(run.info.run_id, params=[Param(k, v) for k, v in params.items()])
+    run = client.create_run(experiment_id, tags=resolve_tags(all_tags), run_name=run_name)
+    params = [Param(k, v) for k, v in run_params(cfg).items()]
+    client.log_batch(run.info.run_id, params=params)
     return run.info.run_id
 
 
@@ -103,11 +95,8 @@ def reopen(client: Any, run_id: str) -> None:
 def open_run(
     cfg: DictConfig, claim: Claim, tags: dict[str, str], resume: tuple[str, int] | None = None
 ) -> Iterator[MlflowTracker]:
-    """The run of `claim.folder`, opened and watched, ended with a status on the way out.
-
-    `tags` adds the run's own (the resolved device, say); `resume` is (run id, last epoch of
-    its checkpoint) to reopen a run.
-    """
+    """The run of `claim.folder`, opened and watched, ended with a status on the way out; `tags`
+    adds its own (the resolved device, say), `resume` is (run id, its checkpoint's last epoch)."""
     client, experiment_id = connect(cfg)
     uri, output_dir = tracking_uri(cfg), claim.folder
     try:  # runs left RUNNING by a process killed with its watchdog (a container killed whole)

@@ -7,6 +7,7 @@ import os
 import re
 import sqlite3
 import time
+import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -24,6 +25,7 @@ SQLITE_PREFIX = "sqlite:///"
 STORE_SCHEMES = {"sqlite", "postgresql", "mysql", "mssql", "http", "https", "databricks"}
 _checked: set[str] = set()  # store URIs this process has checked already
 KIND = ("mlflow.experimentKind", "custom_model_development")  # MLflow's UI: the training view
+TRAINING_VIEW = "workflowType=machine_learning"  # in a UI link: its training view, not GenAI's
 
 
 def tracking_uri(cfg: DictConfig) -> str:
@@ -113,11 +115,9 @@ LOGIN_FIX = "set MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD to your M
 
 def login() -> Any:
     """MLflow's own credentials for a server, from its environment variables (for requests)."""
-    user = os.environ.get("MLFLOW_TRACKING_USERNAME")
-    if user:
+    if user := os.environ.get("MLFLOW_TRACKING_USERNAME"):
         return (user, os.environ.get("MLFLOW_TRACKING_PASSWORD", ""))
-    token = os.environ.get("MLFLOW_TRACKING_TOKEN")
-    if token:
+    if token := os.environ.get("MLFLOW_TRACKING_TOKEN"):
         return lambda request: request.headers.update(Authorization=f"Bearer {token}") or request
     return None
 
@@ -140,17 +140,15 @@ def probe(uri: str, timeout: float | tuple[float, float]) -> tuple[str | None, i
 
 
 def server_problem(uri: str, timeout: float = 3.0) -> str | None:
-    """Why the MLflow server of an http(s) store cannot take requests (no answer on /health, or
-    its database does not answer; MLflow's own client would retry one request for about 4
-    minutes); None if it can (a login it refuses is `check_login`'s), or the store is no server."""
+    """Why the MLflow server of an http(s) store cannot take requests (MLflow's client would retry
+    a request for about 4 minutes); None if it can (a refused login is `check_login`'s)."""
     if not uri.startswith(("http://", "https://")):
         return None
     return probe(uri, timeout)[0]
 
 
 def check_login(uri: str, status: int | None) -> None:
-    """Raise UserError if the server refused the query of its store for want of a login (401)
-    or of permission (403), naming MLflow's variables to set; the password is never shown."""
+    """Raise UserError if the server refused the query for want of a login (401) or access (403)."""
     user = os.environ.get("MLFLOW_TRACKING_USERNAME")
     where = f"mlflow.tracking_uri={redact(uri)}"
     if status == 401 and not user:
@@ -168,8 +166,8 @@ def check_login(uri: str, status: int | None) -> None:
 
 
 def check_server(uri: str, wait_s: float = 10.0) -> None:
-    """Raise UserError unless the store's server (if it has one) answers within `wait_s`, and
-    takes this login (MLFLOW_TRACKING_USERNAME / MLFLOW_TRACKING_PASSWORD) if it asks for one."""
+    """Raise UserError unless the store's server (if any) answers within `wait_s` and takes this
+    login (MLFLOW_TRACKING_USERNAME / MLFLOW_TRACKING_PASSWORD) if it asks for one."""
     if not uri.startswith(("http://", "https://")):
         return
     deadline = time.monotonic() + wait_s
@@ -201,12 +199,9 @@ def check_permission(uri: str, experiment_id: str, name: str) -> None:
     import requests
 
     try:  # a server without basic auth has no such endpoint (404): nothing to check
-        reply = requests.get(
-            f"{uri.rstrip('/')}/api/3.0/mlflow/users/permissions/get",
-            params={"username": user, "resource_type": "experiment", "resource_id": experiment_id},
-            auth=login(),
-            timeout=30,
-        )
+        url = f"{uri.rstrip('/')}/api/3.0/mlflow/users/permissions/get"
+        params = {"username": user, "resource_type": "experiment", "resource_id": experiment_id}
+        reply = requests.get(url, params=params, auth=login(), timeout=30)
         permission = reply.json().get("permission") if reply.ok else None
     except (requests.RequestException, ValueError):  # the run's first write will tell
         return
@@ -229,16 +224,13 @@ def check_database(uri: str) -> None:
 
     timeout = {"connect_timeout": 5} if scheme != "mssql" else {"timeout": 5}
     try:
-        engine = sqlalchemy.create_engine(uri, poolclass=NullPool, connect_args=timeout)
-        with engine.connect():
-            pass
+        sqlalchemy.create_engine(uri, poolclass=NullPool, connect_args=timeout).connect().close()
     except (ImportError, sqlalchemy.exc.SQLAlchemyError) as err:
         raise store_error(uri, err) from err
 
 
 def check_store(uri: str) -> None:
-    """Check, once per process, that MLflow can use the store: a known scheme, a SQLite file
-    that is a database, a server that answers. Raise UserError naming the fix otherwise."""
+    """Check once per process that MLflow can use the store; raise UserError naming the fix."""
     if uri in _checked:
         return
     check_scheme(uri)
@@ -249,19 +241,17 @@ def check_store(uri: str) -> None:
 
 
 def artifact_root(uri: str) -> str | None:
-    """A new experiment's artifact root: `mlruns/` beside a SQLite file (MLflow's default
-    layout), else the server's."""
+    """A new experiment's artifact root: `mlruns/` beside a SQLite file (MLflow's layout)."""
     db = sqlite_path(uri)
-    if db is None:
+    if db is None:  # the server's
         return None
-    db = db.resolve()
-    db.parent.mkdir(parents=True, exist_ok=True)
-    return (db.parent / "mlruns").as_uri()
+    db.resolve().parent.mkdir(parents=True, exist_ok=True)
+    return (db.resolve().parent / "mlruns").as_uri()
 
 
 def how_to_open(uri: str, experiment_id: str, run_id: str) -> str:
     """The exact command (or address) that shows a run in the MLflow UI."""
-    page = f"#/experiments/{experiment_id}/runs/{run_id}"
+    page = f"#/experiments/{experiment_id}/runs/{run_id}?{TRAINING_VIEW}"
     db = sqlite_path(uri)
     if db is not None:  # the port MLflow's UI takes from MLFLOW_PORT, as `mlflow ui` does
         port, here = os.environ.get("MLFLOW_PORT", "5000"), launch_dir()
@@ -319,15 +309,24 @@ def store_error(uri: str, err: Exception) -> UserError:
     )
 
 
+def quiet_mlflow() -> None:
+    """Silence MLflow's notes on what mnistlab chose on purpose: the system metrics monitor's
+    comings and goings, a new store's tables, the pickle format, an ambiguous dataset source."""
+    for name in ("mlflow.system_metrics", "mlflow.store.db.utils"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+    logging.getLogger("mlflow.pytorch").addFilter(lambda r: "by Pickle" not in r.getMessage())
+    warnings.filterwarnings("ignore", "The specified dataset source can be interpreted")
+
+
 def connect(cfg: DictConfig) -> tuple[Any, str]:
-    """Import MLflow and open the run's store and its experiment `mlflow.experiment` (creating
-    them if new): (client, experiment id)."""
+    """Open the store and experiment `mlflow.experiment`, made if new: (client, experiment id)."""
     import mlflow
     from mlflow import MlflowClient
     from mlflow.exceptions import MlflowException
     from sqlalchemy.exc import SQLAlchemyError
 
     uri, experiment = tracking_uri(cfg), cfg.mlflow.experiment
+    quiet_mlflow()
     check_store(uri)
     mlflow.set_tracking_uri(uri)  # for MLflow calls that take no client, like Model.log
     db = sqlite_path(uri)

@@ -1,14 +1,13 @@
 """Sweeps as MLflow citizens: one parent run per multirun, one child run per job, a summary.
 
-`SweepCallback` runs in the launching process. Before any job starts it creates (or upgrades) the
-store once, opens the parent run and tells the jobs about it through environment variables,
-which submitit jobs and SLURM tasks inherit, and which Hydra's `hydra.job.env_set` sets in jobs
-whose process started before (joblib's workers, kept for the whole sweep). When the
-sweep ends it summarises the children on the parent and closes it. A job that fails is recorded
-(`job_failed`) and the sweep goes on (Hydra 1.3 would skip `on_multirun_end` if a job raised);
-`python -m train` then exits non-zero.
+`SweepCallback`, in the launching process, opens the parent run before any job and tells the
+jobs of it through environment variables (inherited, or set by `hydra.job.env_set` in joblib's
+workers, started before); at the end it summarises the children on the parent and closes it.
+A failed job is recorded (`job_failed`) and the sweep goes on (Hydra 1.3 would skip
+`on_multirun_end` if a job raised); `python -m train` then exits non-zero.
 """
 
+import contextlib
 import logging
 import os
 import shlex
@@ -80,17 +79,24 @@ def child_context() -> dict[str, str] | None:
     overrides = sorted(hc.overrides.task)
     named = [o for o in overrides if o.split("=", 1)[0].lstrip("+~") in swept] or overrides
     return {
-        "run_name": ",".join(named) or f"job{hc.job.num}",
+        "run_name": ",".join(map(short, named)) or f"job{hc.job.num}",
         "mlflow.parentRunId": parent,
         "sweep.job_num": str(hc.job.num),
         "sweep.overrides": redact(" ".join(overrides)),
     }
 
 
+def short(override: str) -> str:
+    """`key=value`, a long float value cut to 4 significant digits (an Optuna trial's lr)."""
+    key, _, value = override.partition("=")
+    with contextlib.suppress(ValueError):
+        value = f"{float(value):.4g}" if len(value) > 8 and "." in value else value
+    return f"{key}={value}"
+
+
 def threads_per_job() -> int | None:
-    """Torch threads for one of N parallel joblib jobs: its share of the cores (`share_of_cores`),
-    else None; N is the launcher's `n_jobs` as joblib reads it (-1: one per core), or the sweep's
-    job count if fewer."""
+    """Torch threads for one of N parallel joblib jobs (`share_of_cores`), else None; N is the
+    launcher's `n_jobs` as joblib reads it (-1: one per core), or the sweep's job count if fewer."""
     if not in_multirun():
         return None
     launcher = HydraConfig.get().launcher
@@ -114,8 +120,7 @@ def share_of_cores(n: int) -> int:
 
 
 def job_failed(err: Exception) -> float:
-    """Record in this job's output dir that it failed, for the summary and the exit code; the
-    objective a sweeper reads of it: NaN."""
+    """Record in the job's output dir that it failed (for the summary and exit code); return NaN."""
     if exit_code(err) is None:  # a bug: its traceback goes to the job's log
         log.exception(f"sweep job failed: {type(err).__name__}: {err}")
         reason = f"{type(err).__name__}: {err}"
@@ -168,16 +173,11 @@ class SweepCallback(Callback):
     """Opens the parent run before the jobs start and closes it, summarised, when they end."""
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
-        """Create or upgrade the store once, open the parent run, and point the jobs at it.
-
-        Hydra turns a callback's exception into a warning and runs the jobs anyway, so a store
-        that cannot be opened ends the command here, in one line, before any job starts.
-        """
+        """Open (or reopen) the parent run before any job, claim the sweep dir, and tell the jobs
+        the run. Hydra turns a callback's exception into a warning and runs the jobs anyway: a
+        store that cannot be opened ends the command here, in one line."""
         job_cfg = OmegaConf.masked_copy(config, [k for k in config if k != "hydra"])
-        self.open_parent(config, job_cfg, Path(str(config.hydra.sweep.dir)).resolve())
-
-    def open_parent(self, config: DictConfig, job_cfg: DictConfig, sweep_dir: Path) -> None:
-        """Open (or reopen) the parent run, claim the sweep dir, and tell the jobs the run."""
+        sweep_dir = Path(str(config.hydra.sweep.dir)).resolve()
         try:
             client, experiment_id = connect(job_cfg)  # runs any migration, once
             # waits for a watchdog still closing this dir's earlier parent run
@@ -251,7 +251,7 @@ def summarise(client: Any, parent_run_id: str, sweep_dir: Path) -> int:
     write_summaries(rows, groups, swept, summary_dir)
     for name in ("summary.csv", "summary_by_config.csv", "summary.png"):
         client.log_artifact(parent_run_id, str(summary_dir / name))
-    link_compare_page(client, parent_run_id, rows)
+    link_compare_page(client, parent_run_id, rows, swept)
     if failed:
         log.error(f"{failed} of {n_jobs} sweep jobs failed; see {summary_dir / 'summary.csv'}")
     return failed
@@ -279,14 +279,13 @@ def log_best(client: Any, parent_run_id: str, groups: list[dict[str, Any]]) -> N
 
 
 def write_summaries(rows: list, groups: list, swept: list[str], summary_dir: Path) -> None:
-    """summary.csv (a row per job), summary_by_config.csv (a row per config) and summary.png
-    (means with error bars when a config ran more than one seed)."""
+    """summary.csv, summary_by_config.csv and summary.png (error bars if a config ran seeds)."""
     from mnistlab.plots import sweep_summary
-    from mnistlab.summary import config_figure, write_by_config
+    from mnistlab.summary import config_figure, readable, write_by_config
 
     columns = ["run_id", "job_num", "overrides", "status", "best_val_acc", "final_test_acc",
                "final_test_loss", "duration_s", "config_digest"]  # fmt: skip
-    write_csv(summary_dir / "summary.csv", columns, rows)
+    write_csv(summary_dir / "summary.csv", columns, readable(rows))
     write_by_config(groups, swept, summary_dir / "summary_by_config.csv")
     if any(g["n"] > 1 for g in groups):
         config_figure(groups, swept, summary_dir / "summary.png")
@@ -294,13 +293,15 @@ def write_summaries(rows: list, groups: list, swept: list[str], summary_dir: Pat
         sweep_summary(rows, swept, summary_dir / "summary.png")
 
 
-def link_compare_page(client: Any, parent_run_id: str, rows: list[dict[str, Any]]) -> None:
-    """Tag the parent with the link to MLflow's compare page for its children, and print it."""
-    from mnistlab.tracking.lookup import compare_page
+def link_compare_page(client: Any, parent_run_id: str, rows: list[dict], swept: list[str]) -> None:
+    """Tag the parent with (and print) links to the compare page and ranked table of its jobs."""
+    from mnistlab.tracking.lookup import compare_page, share_sweep_view
 
     if not rows:
         return
     experiment_id = client.get_run(parent_run_id).info.experiment_id
     url, how = compare_page(client.tracking_uri, experiment_id, [r["run_id"] for r in rows])
+    table = share_sweep_view(client, experiment_id, parent_run_id, swept)
     client.set_tag(parent_run_id, "sweep.compare_url", url)
-    log.info(f"Compare the sweep's runs: {how}")
+    client.set_tag(parent_run_id, "sweep.runs_url", table)
+    log.info(f"Compare the sweep's runs: {how}; its jobs ranked: {table}")

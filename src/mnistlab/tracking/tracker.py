@@ -1,24 +1,14 @@
 """`MlflowTracker`, the MLflow implementation of the Tracker (`mnistlab.tracking.Tracker`).
 
-It keeps each epoch's metrics in `metrics.jsonl` in the output dir first, then sends
-them to the store in one batch from a background thread, which waits out a tracking server that
-has gone away while training goes on. Artifacts queue behind the metrics; the model is logged
-once everything before it is in the store. `open_run` (in `mnistlab.tracking.run`) opens and
-closes it. Every MLflow call is made from this process.
+Each epoch's metrics go to `metrics.jsonl` in the output dir first, then to the store in one batch
+from a background thread that waits out a server gone away while training goes on; artifacts
+queue behind them. Every MLflow call is made from this process.
 
-What it records of a run's lineage, where it came from and what it was trained on:
-- `origin_tags`: the code's commit (and whether it had uncommitted changes) and the machine.
-- `config_digest`: a stable hash of a run's resolved config without its seed, its bookkeeping
-  keys and its paths; runs that differ only in their seed share it (tag `config_digest`).
-- `dataset_facts`, `log_datasets`: the run's train, val and test splits as MLflow dataset
-  inputs, each with a name, a source and a digest over its exact samples (images and labels),
-  so two runs on the same split share a digest and the val split's digest changes with the seed.
-
-MLflow's own system metrics (`system/cpu_utilization_percentage`, memory, disk, network, and GPU
-where nvidia-ml-py finds one) come from its `SystemMetricsMonitor`, a thread that samples every
-`SAMPLE_S` seconds and logs the mean of `SAMPLES` samples: a point every 10 s, about 360 an hour.
-A run shorter than that would get no point, so when the run ends the samples taken since the
-last point are logged as one last point.
+A run's lineage: `origin_tags` (the commit, uncommitted changes, the machine), `config_digest`
+(shared by runs that differ only in their seed) and `log_datasets` (each split as an MLflow
+dataset input with a digest over its exact samples: the val split's changes with the seed).
+MLflow's own system metrics (CPU, memory, disk, network, GPU) come from its SystemMetricsMonitor:
+a point every SAMPLE_S x SAMPLES = 10 s, and the samples since the last point when the run ends.
 """
 
 import contextlib
@@ -49,20 +39,14 @@ DIGEST_EXCLUDES = ("seed", "repeats", "resume", "force", "sweep_name", "mlflow",
 PATH_KEYS = {"data": ("root", "cache_dir", "download")}
 NAMES = {"MNIST": "mnist", "FashionMNIST": "fashion_mnist"}  # torchvision class -> data option
 HOST_TAG = "mnistlab.host"  # the machine a run trains on: where its folder and lock are
+RAW_INPUTS = "0-1 pixels (uint8 0-255 in torch), N x {} x {} x {}, normalised inside: (x-{})/{}"
 
 
 class MlflowTracker:
     """A live MLflow run, fed through its journal and a background sender."""
 
-    def __init__(
-        self,
-        client: Any,
-        run_id: str,
-        experiment_id: str,
-        uri: str,
-        output_dir: Path,
-        wait_s: float,
-    ):
+    def __init__(self, client: Any, run_id: str, experiment_id: str, uri: str, output_dir: Path,
+                 wait_s: float):  # fmt: skip
         self.client, self.run_id, self.experiment_id, self.uri = client, run_id, experiment_id, uri
         self.wait_s = wait_s  # how long `flush` waits for a store that has gone away
         self.journal = output_dir / "metrics.jsonl"
@@ -80,8 +64,7 @@ class MlflowTracker:
             self._queue.task_done()
 
     def _try_send(self, send: Callable[[], None]) -> bool:
-        problem = server_problem(self.uri, timeout=2)
-        if problem is not None:
+        if (problem := server_problem(self.uri, timeout=2)) is not None:
             return self._failed(f"server unreachable: {problem}")
         try:
             send()
@@ -100,8 +83,7 @@ class MlflowTracker:
         return False
 
     def log_epoch(self, epoch: int, metrics: dict[str, float], steps: dict[str, list]) -> None:
-        """Keep the epoch in the journal, then queue it for the store as one batch (an epoch the
-        store had before a resume is not sent twice)."""
+        """Keep the epoch in the journal, then queue it as one batch (not twice after a resume)."""
         if epoch <= self.logged:
             return
         record = {"epoch": epoch, "metrics": metrics, "steps": steps}
@@ -109,10 +91,9 @@ class MlflowTracker:
             f.write(json.dumps(record) + "\n")
             f.flush()
             os.fsync(f.fileno())
-        if self.unsent and self.failure is None:  # the sender may be deep in MLflow's retries
-            problem = server_problem(self.uri, timeout=2)
-            if problem is not None:
-                self._failed(f"server unreachable: {problem}")
+        busy = self.unsent and self.failure is None  # the sender may be deep in MLflow's retries
+        if busy and (problem := server_problem(self.uri, timeout=2)) is not None:
+            self._failed(f"server unreachable: {problem}")
         self._queue_record(record)
 
     def _queue_record(self, record: dict) -> None:
@@ -128,8 +109,7 @@ class MlflowTracker:
             self._queue.put(lambda k=key, v=value: self.client.set_tag(self.run_id, k, v))
 
     def log_artifact(self, path: Path, artifact_path: str | None = None) -> None:
-        """Queue a file, or a folder's contents, for the run's artifacts, behind the metrics: an
-        upload waits for a missing server in the sender, not in the training loop."""
+        """Queue a file, or a folder's contents, for upload behind the metrics (not in the loop)."""
         self._queue.put(lambda: self._upload(path, artifact_path))
 
     def _upload(self, path: Path, artifact_path: str | None) -> None:
@@ -139,8 +119,7 @@ class MlflowTracker:
             self.client.log_artifact(self.run_id, str(path), artifact_path)
 
     def log_dataset(self, data: Any, cfg: Any) -> None:
-        """Queue the run's train, val and test splits as MLflow dataset inputs (name, source,
-        digest over each split's samples), behind the metrics."""
+        """Queue the run's train, val and test splits as MLflow dataset inputs, behind the rest."""
         facts = dataset_facts(data, cfg)  # the digests: computed here, where the data is
         self._queue.put(lambda: log_datasets(self.client, self.run_id, facts))
 
@@ -173,27 +152,27 @@ class MlflowTracker:
             log.debug(f"last system metrics point skipped: {err}")
 
     def log_model(self, model: Any, example: Any) -> None:
-        """Log `model` as an MLflow PyTorch model "model", ready for the Model Registry and
-        `mlflow.pytorch.load_model`, once the store has everything queued before it; tag the run
-        with its URI. Saved with torch's pickle format and this torch as its one requirement:
-        MLflow's default export imports torch.export, and infers the requirements from every
-        installed package. (`connect` pointed MLflow at the run's store and experiment.)"""
+        """Log `model` as the MLflow model "model" of raw pixels (a RawImageModel), once the store
+        has all queued before it; tag the run with its URI. Pickled, this torch its one requirement:
+        MLflow's default export imports torch.export and pins every installed package."""
         import mlflow.pytorch
         import torch
         from mlflow.models import Model
 
+        from mnistlab.models import RawImageModel
+
         self.flush()
-        info = Model.log(
-            artifact_path=None,
-            name="model",
-            flavor=mlflow.pytorch,
-            run_id=self.run_id,
-            pytorch_model=on_cpu(model),
-            input_example=example.cpu().numpy(),  # a batch of 2 keeps the batch size dynamic
+        info = json.loads((self.journal.parent / "data.json").read_text())
+        shape, mean, std = info["in_shape"], info["mean"], info["std"]
+        logged = Model.log(
+            artifact_path=None, name="model", flavor=mlflow.pytorch, run_id=self.run_id,
+            pytorch_model=RawImageModel(on_cpu(model), shape, mean, std),
+            input_example=(example.detach().cpu() * std + mean).clamp(0, 1).numpy(),  # N=2: dynamic
+            metadata={"description": RAW_INPUTS.format(*shape, mean, std), **info},  # data.json
             pip_requirements=[f"torch=={torch.__version__.split('+')[0]}"],  # no +cpu build tag
             serialization_format="pickle",
-        )
-        self.client.set_tag(self.run_id, "model_uri", info.model_uri)  # for load_model(this)
+        )  # fmt: skip
+        self.client.set_tag(self.run_id, "model_uri", logged.model_uri)  # for load_model(this)
 
     @property
     def unsent(self) -> int:
@@ -203,7 +182,8 @@ class MlflowTracker:
     def catch_up(self, upto: int | None = None) -> None:
         """Queue the journal's epochs (up to `upto`, else all) that the store lacks (the server
         was away, or the process was killed before they went out)."""
-        self.logged = last_step(self.client, self.run_id, "epoch_time_s")
+        history = self.client.get_metric_history(self.run_id, "epoch_time_s")
+        self.logged = max((m.step for m in history), default=0)
         records = {}
         if self.journal.exists():
             for line in self.journal.read_text().splitlines():
@@ -215,8 +195,7 @@ class MlflowTracker:
                 self._queue_record(records[epoch])
 
     def flush(self) -> None:
-        """Wait until the store has everything queued; raise TrackingUnavailable after `wait_s`
-        (mlflow.offline_wait_s)."""
+        """Wait until the store has all queued; raise TrackingUnavailable after `wait_s`."""
         deadline = time.monotonic() + self.wait_s
         while self.unsent and time.monotonic() < deadline:
             time.sleep(0.05)
@@ -239,14 +218,8 @@ def log_metric_rows(client: Any, run_id: str, rows: list[tuple]) -> None:
     client.log_batch(run_id, metrics=[Metric(*row) for row in rows], synchronous=True)
 
 
-def last_step(client: Any, run_id: str, key: str) -> int:
-    """The last step the store has of metric `key` in run `run_id` (0 if none)."""
-    return max((m.step for m in client.get_metric_history(run_id, key)), default=0)
-
-
 def on_cpu(model: Any) -> Any:
-    """`model` in eval mode on the CPU: a copy if it lives elsewhere, so that the run's own
-    model stays where it is."""
+    """`model` in eval mode on the CPU: a copy if it lives elsewhere (the run's own stays)."""
     elsewhere = any(t.device.type != "cpu" for t in [*model.parameters(), *model.buffers()])
     return (copy.deepcopy(model).cpu() if elsewhere else model).eval()
 
@@ -281,7 +254,6 @@ def split_digest(images: Any, labels: Any) -> str:
 def dataset_name_and_source(data_cfg: DictConfig) -> tuple[str, str]:
     """(name, source) of a run's dataset: mnist or fashion_mnist and the root folder, an image
     folder's own name and path, or synthetic and the generator."""
-    target = str(data_cfg.get("_target_", ""))
     root = data_cfg.get("root")
     if "dataset" in data_cfg:  # torchvision: MNIST, FashionMNIST
         cls = str(data_cfg.dataset).rsplit(".", 1)[-1]
@@ -290,23 +262,19 @@ def dataset_name_and_source(data_cfg: DictConfig) -> tuple[str, str]:
     if root:  # a folder of images: named after it
         path = Path(str(root)).expanduser().resolve()
         return path.name, str(path)
-    return "synthetic", target
+    return "synthetic", str(data_cfg.get("_target_", ""))
 
 
 def dataset_facts(data: Any, cfg: DictConfig) -> dict[str, Any]:
-    """What the run's dataset inputs say of `data` (a mnistlab.data.Dataset): its name, where
-    it comes from, and each split's digest and size."""
+    """The run's dataset inputs: its name, where it comes from, each split's digest and size."""
     name, where = dataset_name_and_source(cfg.data)
-    splits = {}
-    for split in ("train", "val", "test"):
-        part = getattr(data, split)
-        splits[split] = (split_digest(part.images, part.labels), len(part))
+    parts = {split: getattr(data, split) for split in ("train", "val", "test")}
+    splits = {k: (split_digest(p.images, p.labels), len(p)) for k, p in parts.items()}
     return {"name": name, "where": where, "splits": splits}
 
 
 def log_datasets(client: Any, run_id: str, facts: dict[str, Any]) -> None:
-    """Log the train, val and test splits of `dataset_facts` to run `run_id` as MLflow
-    DatasetInputs with the contexts train, val and test."""
+    """Log the splits of `dataset_facts` to run `run_id` as MLflow DatasetInputs."""
     from mlflow.data.code_dataset_source import CodeDatasetSource
     from mlflow.data.dataset_source_registry import resolve_dataset_source
     from mlflow.data.meta_dataset import MetaDataset

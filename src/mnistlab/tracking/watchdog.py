@@ -3,21 +3,19 @@
 The lock (`.run.lock` in an output dir or a sweep dir) is held while the run is open: a resume
 of that folder waits for a watchdog still closing it, and refuses a folder a live process uses.
 
-The watchdog (`python -m mnistlab.tracking.watchdog`) is a small process, in its own session so a
-Ctrl-C in the terminal spares it, that closes the run KILLED if the training process dies without
-closing it: SIGKILL, the out-of-memory killer or a crashed interpreter give that process no
-chance to end its run, which would stay RUNNING in the store for ever. Each run starts one
-(`Claim.watch`), which waits on a pipe held by the training process. The process writes
-"done" once it has closed the run. An end of file without it means the process died: the
-watchdog sends the epochs of the run's journal that the store lacks, then ends the run KILLED
-with the reason and how to continue. Runs killed together with their watchdog (a container
-killed whole) are closed by the next run on the same machine and store (`close_abandoned`).
+Each run's watchdog (`Claim.watch`: `python -m mnistlab.tracking.watchdog`, in its own session so
+a Ctrl-C spares it) waits on a pipe from the training process, which writes "done" once it closed
+the run. An end of file without it means the process died (SIGKILL, OOM, a crash), its run left
+RUNNING: the watchdog sends the journal's epochs the store lacks, then ends the run KILLED with
+the reason and how to continue. Runs killed with their watchdog (a container killed whole) are
+closed by the next run on the same machine and store (`close_abandoned`).
 """
 
 import contextlib
 import json
 import logging
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -72,8 +70,7 @@ class Claim:
     watchdog once the run exists (`watch`), both given up by `release`."""
 
     def __init__(self, folder: Path, key: str, then: str = "run it again") -> None:
-        """Take the lock, waiting for a watchdog at work; raise UserError naming `key` if a live
-        process uses the folder."""
+        """Take the lock, waiting for a watchdog at work; UserError naming `key` if it is in use."""
         self.folder, self.watchdog = folder, None
         self.lock = hold_lock(folder, "training", wait_s=60)
         if self.lock is None:
@@ -101,12 +98,27 @@ class Claim:
             self.watchdog.stdin.flush()
 
     def release(self) -> None:
-        """The run is closed (or deliberately left open): the watchdog stands down, the folder
-        is free."""
+        """The run is closed (or left open on purpose): the watchdog stands down, the lock goes."""
         self._tell(DONE + "\n")
         with contextlib.suppress(OSError, AttributeError):
             self.watchdog.stdin.close()
         self.lock.close()
+
+    @staticmethod
+    def discard(folder: Path, top: Path) -> None:
+        """Remove `folder` if it holds nothing of a run's own (.hydra/, train.log, the lock) and
+        no process holds it; then each folder above it this empties, up to `top` (kept)."""
+        folder, scaffold = folder.absolute(), {".hydra", "train.log", LOCK_NAME}
+        if not folder.is_dir() or {p.name for p in folder.iterdir()} - scaffold:
+            return
+        lock = hold_lock(folder, "training", wait_s=0)
+        if lock is None:  # another process's run
+            return
+        with lock:
+            shutil.rmtree(folder, ignore_errors=True)
+        with contextlib.suppress(OSError):  # a folder with anything in it stays
+            for parent in [p for p in folder.parents if top.absolute() in p.parents]:
+                parent.rmdir()
 
     def __enter__(self) -> "Claim":
         return self
@@ -119,11 +131,8 @@ def close_abandoned(client: Any, experiment_id: str, uri: str) -> None:
     """Close this machine's runs that a process killed together with its watchdog left RUNNING
     (a container or a cgroup killed whole): their folder is here and no process holds its lock."""
     host = socket.gethostname().replace("'", "")
-    running = client.search_runs(
-        [experiment_id],
-        filter_string=f"attributes.status = 'RUNNING' and tags.`{HOST_TAG}` = '{host}'",
-        max_results=1000,
-    )
+    query = f"attributes.status = 'RUNNING' and tags.`{HOST_TAG}` = '{host}'"
+    running = client.search_runs([experiment_id], filter_string=query, max_results=1000)
     for run in running:
         tags = run.data.tags
         folder = tags.get("hydra.output_dir") or tags.get("sweep.dir")
