@@ -177,7 +177,6 @@ def test_a_run_that_fails_before_its_mlflow_run_leaves_no_run_dir_and_one_after_
 
 def test_a_store_file_that_is_no_database_is_named_and_left_alone(tmp_path):
     db = tmp_path / "mlflow.db"
-    db.parent.mkdir()
     db.write_bytes(b"not sqlite " * 500)
     for args in (SYNTH, ["-m", *SYNTH, "seed=0,1"]):
         result = run_cli(args, cwd=tmp_path)

@@ -1,5 +1,6 @@
 """End-to-end runs on synthetic data, through the CLI and the Python function, checked in MLflow."""
 
+import contextlib
 import json
 import os
 import signal
@@ -107,25 +108,32 @@ def test_plain_mlflow_finds_the_runs_and_an_older_mlruns_store_is_moved_once(tmp
     quick = [*FAST, "epochs=1", "mlflow.log_model=false", "train.plots=false"]
     old = run_cli([*quick, "mlflow.tracking_uri=sqlite:///mlruns/mlflow.db"], cwd=tmp_path)
     assert old.returncode == 0, old.stderr[-3000:]
-    _, first = only_run(f"sqlite:///{tmp_path / 'mlruns' / 'mlflow.db'}")
-    MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}").search_experiments()  # a stray, empty one
+    with contextlib.closing(sqlite3.connect(tmp_path / "mlruns" / "mlflow.db")) as con:
+        (first,) = [row[0] for row in con.execute("SELECT run_uuid FROM runs")]  # nothing kept open
+    plain = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")}
+    subprocess.run(
+        [sys.executable, "-c", "import mlflow; mlflow.search_experiments()"],
+        cwd=tmp_path,
+        env=plain,
+        check=True,
+    )  # plain MLflow: a stray, empty mlflow.db
     new = run_cli(quick, cwd=tmp_path)
     assert new.returncode == 0, new.stderr[-3000:]
     assert new.stderr.count("Moved the store") == 1
     assert not (tmp_path / "mlruns" / "mlflow.db").exists()
+    assert len(list(tmp_path.glob("mlflow.db.before-*"))) == 1  # the stray one, kept aside
     again = run_cli(quick, cwd=tmp_path)
     assert again.returncode == 0 and "Moved the store" not in again.stderr
     found = subprocess.run(  # MLflow's own defaults, in the launch folder: no URI anywhere
         [sys.executable, "-c", "import mlflow; e = mlflow.get_experiment_by_name('mnistlab'); "
          "print(e.tags['mlflow.experimentKind']); "
          "print(*mlflow.search_runs([e.experiment_id], output_format='list'), sep='\\n')"],
-        cwd=tmp_path, env={k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")},
-        capture_output=True, text=True, check=True,
+        cwd=tmp_path, env=plain, capture_output=True, text=True, check=True,
     ).stdout  # fmt: skip
     assert found.splitlines()[0] == "custom_model_development"
-    assert found.count("<Run: ") == 3 and first.info.run_id in found
+    assert found.count("<Run: ") == 3 and first in found
     client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
-    assert client.list_artifacts(first.info.run_id)  # the old run's artifacts, where they were
+    assert client.list_artifacts(first)  # the old run's artifacts, where they were
 
 
 def test_python_function_gives_the_same_record_and_returns_best_val_acc(tmp_path, store):

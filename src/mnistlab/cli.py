@@ -197,9 +197,8 @@ def job(cfg: DictConfig) -> float:
 
 
 def expand_repeats(argv: list[str]) -> list[str]:
-    """`repeats=N` (N >= 2) as a seed sweep: `seed=S,S+1,...,S+N-1` (S: the `seed=` given, else
-    0), with `-m` added. It cannot be combined with a seed sweep (which already names the
-    seeds) nor with Optuna (whose trials pick their own values, one at a time)."""
+    """`repeats=N` (N >= 2) as the seed sweep `seed=S,...,S+N-1` (S: `seed=`, else 0) with `-m`;
+    not with a seed sweep (which names the seeds) nor Optuna (whose trials pick their values)."""
     from hydra.core.override_parser.overrides_parser import OverridesParser
 
     found = [a for a in argv if a.startswith("repeats=")]

@@ -29,11 +29,11 @@ class Trained:
 
 
 def load_trained(source: str, tracking_uri: str | None = None) -> Trained:
-    """The model that `source` names: a .pth file, a run output dir (its model.pth, else its
-    last.pth), `runs:/<run_id>/model.pth`, a run id, or a registered model version
-    (`models:/<name>@<alias>`, `models:/<name>/<version>`: the run that logged it)."""
+    """The model `source` names: a .pth file, a run output dir (its model.pth, else last.pth),
+    `runs:/<run_id>/model.pth`, a run id, or `models:/<name>@<alias>` (or `/<version>`)."""
+    registered = None  # a registered version's own weights (promote --weights best)
     if source.startswith("models:/"):
-        source = tracking.resolve_model_uri(source, tracking_uri)
+        source, registered = tracking.resolve_model_uri(source, tracking_uri)
     path, run_id = Path(source).expanduser(), None
     if path.is_dir():  # the final weights of a finished run, else the last checkpoint
         found = [path / n for n in ("model.pth", "last.pth") if (path / n).is_file()]
@@ -59,6 +59,7 @@ def load_trained(source: str, tracking_uri: str | None = None) -> Trained:
                 "use the run's output dir, last.pth, or its MLflow run id"
             ) from err
         weights = state
+    weights = registered or weights
     shape, classes = tuple(info["in_shape"]), len(info["classes"])
     model = build_part(cfg.model, "model", in_shape=shape, num_classes=classes)
     try:

@@ -63,9 +63,8 @@ class Sweep:
 
 def sweep_jobs(overrides: list[str], config_dir: str, max_jobs: int = 1000) -> Sweep:
     """Each job's task overrides for `python APP -m OVERRIDES` (no flags), as Hydra's basic sweeper
-    runs it (it composes each job with the command line's `hydra.*` overrides first), the sweeper
-    the config chose, and whether those are all the jobs: only the first `max_jobs` are built.
-    `config_dir` holds the app's config.yaml; the ConfigStore must hold what the configs need."""
+    runs it (composed with the command line's `hydra.*` overrides first), the sweeper chosen, and
+    whether those are all the jobs (only the first `max_jobs` are built), from `config_dir`."""
     from hydra._internal.config_loader_impl import ConfigLoaderImpl
     from hydra._internal.utils import create_config_search_path
     from hydra.core.override_parser.overrides_parser import OverridesParser

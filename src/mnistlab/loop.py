@@ -140,10 +140,9 @@ def steps_per_epoch(samples: int, batch_size: int, max_steps: int | None = None)
 
 
 def train_epoch(parts, state: TrainState, opts: LoopSettings, stop=None) -> dict:
-    """Train epoch `state.epoch + 1` over the shuffled (and augmented) train split from step
-    `state.step` on, adding to `state.step_losses` and `state.step_lrs` every `log_every` steps;
-    if `stop` turns true, raise EpochInterrupted between two steps with the state's sums up to
-    date. Returns the train loss and accuracy, the last step's lr and the samples (all ranks)."""
+    """Train epoch `state.epoch + 1` on the shuffled (augmented) train split from `state.step`,
+    adding to `state.step_losses` and `step_lrs` every `log_every` steps; raise EpochInterrupted
+    between two steps once `stop` is true. Returns loss, accuracy, last lr, samples (all ranks)."""
     data, epoch, done = parts.data, state.epoch + 1, state.step
     parts.net.train()
     ranks = distributed.world_size()  # under torchrun each rank trains on 1/ranks of the split

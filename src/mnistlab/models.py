@@ -160,9 +160,8 @@ class ResNet(FeaturesClassifier):
 
 
 class RawImageModel(nn.Module):
-    """The run's MLflow model: its net with the data's normalisation inside, for images as users
-    have them (0-1 floats or 0-255 uint8; N x C x H x W, N x H x W or N x C*H*W). Its weights
-    are the net's (state_dict: model.pth's keys; either loads into the other)."""
+    """The run's MLflow model: its net with the data's normalisation inside, for 0-1 float or
+    uint8 pixels (N x C x H x W, N x H x W or N x C*H*W); its state_dict is the net's."""
 
     def __init__(self, net: nn.Module, in_shape: Sequence[int], mean: float, std: float):
         super().__init__()

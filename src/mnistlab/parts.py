@@ -43,9 +43,8 @@ class Parts:
 
 
 def build_part(node: DictConfig, key: str, **runtime):
-    """Instantiate the component `node` (at config key `key`) with plain Python containers (an
-    optimizer reading its betas from a ListConfig every step is ~40% slower). A constructor's
-    UserError comes through as it is; its ValueError that starts with `name=` names the key."""
+    """Instantiate `node` (config key `key`) with plain containers (an optimizer reading betas
+    from a ListConfig is ~40% slower); a constructor's ValueError `name=...` names the key."""
     try:
         return instantiate(node, _convert_="all", **runtime)
     except InstantiationException as err:

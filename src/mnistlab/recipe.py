@@ -57,7 +57,7 @@ def run(cfg: DictConfig, output_dir: str | Path | None = None) -> float:
     single run that fails before its MLflow run exists leaves no output dir of its own."""
     stamp = datetime.now().strftime("%Y-%m-%d/%H-%M-%S-%f")
     folder = Path(output_dir or config.runtime("output_dir") or Path("outputs", stamp))
-    start = Start(cfg, folder)
+    start, earlier = Start(cfg, folder), tracking.Claim.held_before(folder)
     try:
         start = prepare(cfg, folder)
         if start.finished is not None:
@@ -87,7 +87,7 @@ def run(cfg: DictConfig, output_dir: str | Path | None = None) -> float:
                  f"{tracking.how_to_open(uri, tracker.experiment_id, tracker.run_id)}")  # fmt: skip
         return state.best_val_acc
     except BaseException:
-        if not start.recorded and not tracking.in_multirun():
+        if not (start.recorded or earlier or tracking.in_multirun()):
             tracking.Claim.discard(folder, config.launch_dir())
         raise
 
@@ -110,9 +110,8 @@ def build(cfg: DictConfig, start: Start) -> tuple[Parts, TrainState]:
 
 
 def prepare(cfg: DictConfig, output_dir: Path) -> Start:
-    """Where the run writes, and where it starts: fresh, in `output_dir`; from the checkpoint
-    `resume=` names; or, for a sweep job run again in the same dir, from its own last.pth, or
-    not at all if its earlier run FINISHED (force=true redoes it)."""
+    """Where the run writes and starts: fresh, in `output_dir`; from the checkpoint `resume=`
+    names; a sweep job run again: from its last.pth, or not at all if it FINISHED (but force)."""
     config.anchor_paths(cfg)
     last = output_dir / "last.pth"
     if tracking.in_multirun() and not cfg.force and last.is_file():
@@ -196,14 +195,19 @@ def debugging(train_cfg: Any, output_dir: Path, tracker: Any) -> Iterator[None]:
         tracker.log_artifact(folder, "profile")
 
 
-def fit(cfg, parts: Parts, state: TrainState, tracker, stop, output_dir: Path) -> None:
-    """Train the epochs left; after each, log its metrics, step the per-epoch schedule and save a
-    checkpoint. Stops early on train.early_stopping_patience or train.target_loss."""
+def loop_settings(cfg: DictConfig) -> LoopSettings:
+    """What the epoch loop reads of the config (also bench/epoch.py's and bench/gpu.py's)."""
     train = cfg.train
-    opts = LoopSettings(
+    return LoopSettings(
         cfg.epochs, cfg.batch_size, cfg.seed, train.log_every, cfg.device.amp, train.on_nan,
         train.label_smoothing, train.grad_clip_norm, train.max_steps,
     )  # fmt: skip
+
+
+def fit(cfg, parts: Parts, state: TrainState, tracker, stop, output_dir: Path) -> None:
+    """Train the epochs left; after each, log its metrics, step the per-epoch schedule and save a
+    checkpoint. Stops early on train.early_stopping_patience or train.target_loss."""
+    train, opts = cfg.train, loop_settings(cfg)
     epochs = tqdm(range(state.epoch + 1, cfg.epochs + 1), desc="epochs", disable=None, position=0)
     trial = None
     if tracking.in_multirun():  # an Optuna trial reports every epoch

@@ -27,9 +27,8 @@ UNTRAINED = ("mlflow", "sweep_name", "resume", "force", "checkpoint", "train.plo
 
 
 def fixed_config(cfg: DictConfig, swept: list[str], direction: str) -> tuple[dict, str]:
-    """(the fixed part of a search's config, flat, and its study's default name): the config
-    less the searched keys and what does not change what is trained (outputs, tracking, where
-    the data lies), with the direction; the name is `mnistlab-<its digest>`."""
+    """(the fixed part of a search's config, flat: less the searched keys and what does not change
+    training, with the direction; the study's default name, `mnistlab-<its digest>`)."""
 
     def flat(node: Any, key: str) -> dict[str, Any]:
         if not isinstance(node, dict):

@@ -2,6 +2,7 @@
 the store that `report` reads, with one-line errors for what is not there; and for comparisons,
 one row per run, a sweep's children, and the link that opens MLflow's compare page."""
 
+import contextlib
 import json
 import os
 import re
@@ -168,12 +169,16 @@ def compare_page(uri: str, experiment_id: str, run_ids: list[str]) -> tuple[str,
 
 
 def share_sweep_view(client: Any, experiment_id: str, parent: str, swept: list[str]) -> str:
-    """The address of the runs table showing the sweep's jobs, best val acc first, with the
-    swept params and the metrics as columns: a view MLflow's UI shares through an experiment
-    tag (`mlflow.sharedViewState.<key>`, read by `?viewStateShareKey=<key>`)."""
+    """The runs table of the sweep's jobs by last val acc, swept params and metrics as columns: a
+    view MLflow's UI shares by an experiment tag `mlflow.sharedViewState.<key>`; its address."""
+    from mlflow.exceptions import MlflowException
+
     columns = [f"params.`{k}`" for k in swept] + [f"metrics.`{m}`" for m in RANKED]
     state = {"searchFilter": f"tags.`mlflow.parentRunId` = '{parent}'", "orderByAsc": False,
              "orderByKey": f"metrics.`{RANKED[0]}`", "selectedColumns": columns}  # fmt: skip
-    client.set_experiment_tag(experiment_id, f"mlflow.sharedViewState.{parent}", json.dumps(state))
+    with contextlib.suppress(MlflowException):  # no EDIT on a server's experiment: no view
+        client.set_experiment_tag(
+            experiment_id, f"mlflow.sharedViewState.{parent}", json.dumps(state)
+        )
     url = compare_page(client.tracking_uri, experiment_id, [])[0].split("#")[0]
     return f"{url}#/experiments/{experiment_id}/runs?viewStateShareKey={parent}&{TRAINING_VIEW}"

@@ -61,38 +61,31 @@ def winner(client: Any, source: str, store: str) -> tuple[Any, dict[str, str]]:
     return run, tags
 
 
-def best_weights(client: Any, run: Any) -> tuple[dict, int, float]:
-    """(the weights of the run's best.pth, in its output dir or its artifacts, as it evaluated
-    them; the epoch they are from; their val acc)."""
-    from mlflow.exceptions import MlflowException
+def log_best_model(client: Any, run: Any, model_uri: str, tags: dict[str, str]) -> str:
+    """Log the weights of the run's best.pth (in its output dir, else its artifacts) as MLflow
+    model "model_best", as its "model" was logged; tag `tags` with their epoch and val acc."""
+    import mlflow.pytorch
+    import torch
+    from mlflow.models import Model, get_model_info
 
     from mnistlab.checkpoint import evaluated_weights, load_checkpoint
 
-    local = Path(run.data.tags.get("hydra.output_dir", "")) / "best.pth"
+    local = Path(run.data.tags.get("hydra.output_dir") or "/nonexistent") / "best.pth"
     try:
         path = local if local.is_file() else client.download_artifacts(
             run.info.run_id, "checkpoints/best.pth")  # fmt: skip
-    except (MlflowException, OSError) as err:
+    except (mlflow.exceptions.MlflowException, OSError) as err:
         raise UserError(
             f"--weights=best: run {run.info.run_id} has no best.pth in {local.parent} nor in its "
             "artifacts; promote its last weights (--weights=last)"
         ) from err
     checkpoint = load_checkpoint(Path(path), "--weights=best")
-    state = checkpoint["state"]
-    return evaluated_weights(checkpoint), state.epoch, state.best_val_acc
-
-
-def log_best_model(client: Any, run: Any, model_uri: str, tags: dict[str, str]) -> str:
-    """Log the run's best weights as MLflow model "model_best", as its "model" is logged (its
-    signature, metadata and requirements); tag `tags` with their epoch and val acc; its URI."""
-    import mlflow.pytorch
-    import torch
-    from mlflow.models import Model, get_model_info
-
-    weights, epoch, val_acc = best_weights(client, run)
     model, info = mlflow.pytorch.load_model(model_uri), get_model_info(model_uri)
-    model.load_state_dict(weights)
-    tags.update({"mnistlab.epoch": str(epoch), "mnistlab.metric_value": str(val_acc)})
+    model.load_state_dict(evaluated_weights(checkpoint))
+    state = checkpoint["state"]
+    tags.update(
+        {"mnistlab.epoch": str(state.epoch), "mnistlab.metric_value": str(state.best_val_acc)}
+    )
     return Model.log(
         artifact_path=None, name="model_best", flavor=mlflow.pytorch, run_id=run.info.run_id,
         pytorch_model=model, signature=info.signature, serialization_format="pickle",
@@ -101,20 +94,11 @@ def log_best_model(client: Any, run: Any, model_uri: str, tags: dict[str, str]) 
     ).model_uri  # fmt: skip
 
 
-def last_epoch(client: Any, run: Any, tags: dict[str, str]) -> None:
-    """Tag `tags` with the epoch and val acc of the run's last weights (its "model")."""
-    history = client.get_metric_history(run.info.run_id, WINNING_METRIC)
-    last = max(history, key=lambda m: m.step, default=None)
-    tags.update({"mnistlab.epoch": str(last.step if last else 0),
-                 "mnistlab.metric_value": str(last.value if last else "nan")})  # fmt: skip
-
-
 def promote(
     source: str, name: str, alias: str | None, uri: str | None, weights: str = "last"
 ) -> Promotion:
-    """Register the MLflow model of `source`'s winning run, its last weights or its best, as a
-    new version of `name` (created if new), tagged with the run, the weights and their epoch
-    and val acc; point `alias` at it."""
+    """Register the last or best weights of `source`'s winning run as a new version of `name`,
+    tagged with the run, the weights and their epoch and val acc; point `alias` at it."""
     import mlflow
     from mlflow.exceptions import MlflowException
 
@@ -128,25 +112,29 @@ def promote(
         )
     mlflow.set_tracking_uri(store)
     mlflow.set_registry_uri(store)
-    mlflow.set_experiment(experiment_id=run.info.experiment_id)
     tags["mnistlab.weights"] = weights
-    if weights == "best":
-        model_uri = log_best_model(client, run, model_uri, tags)
-    else:
-        last_epoch(client, run, tags)
     try:
+        if weights == "best":
+            mlflow.set_experiment(experiment_id=run.info.experiment_id)
+            model_uri = log_best_model(client, run, model_uri, tags)
+        else:  # its "model": the last epoch's weights
+            history = client.get_metric_history(run.info.run_id, WINNING_METRIC)
+            last = max(history, key=lambda m: m.step)
+            tags.update(
+                {"mnistlab.epoch": str(last.step), "mnistlab.metric_value": str(last.value)}
+            )
         version = mlflow.register_model(model_uri, name, tags=tags).version
         if alias:
             client.set_registered_model_alias(name, alias, version)
-    except MlflowException as err:
+    except (MlflowException, RuntimeError) as err:  # RuntimeError: weights that do not fit
         reason = " ".join(str(err).split())[:300]
         raise UserError(f"--name={name} --alias={alias}: MLflow refused it ({reason})") from err
     return Promotion(name, str(version), alias, run.info.run_id, tags)
 
 
-def resolve_model_uri(source: str, uri: str | None) -> str:
-    """What `models:/<name>@<alias>` or `models:/<name>/<version>` holds: its run's id, or for
-    best weights (`promote --weights best`) that run's best.pth."""
+def resolve_model_uri(source: str, uri: str | None) -> tuple[str, dict | None]:
+    """What `models:/<name>@<alias>` or `models:/<name>/<version>` holds: (its run's id, the
+    version's own weights where they are not the run's model.pth: `promote --weights best`)."""
     from mlflow.exceptions import MlflowException
 
     match = re.fullmatch(r"models:/([^/@]+)(?:@([^/]+)|/(\d+))", source)
@@ -176,6 +164,8 @@ def resolve_model_uri(source: str, uri: str | None) -> str:
     if not found.run_id:
         raise UserError(f"{source}: this version was not logged by a run; name a run id instead")
     if found.tags.get("mnistlab.weights") != "best":
-        return found.run_id
-    local = Path(client.get_run(found.run_id).data.tags.get("hydra.output_dir", "")) / "best.pth"
-    return str(local) if local.is_file() else f"runs:/{found.run_id}/checkpoints/best.pth"
+        return found.run_id, None
+    import mlflow.pytorch
+
+    mlflow.set_registry_uri(store)
+    return found.run_id, mlflow.pytorch.load_model(f"models:/{name}/{found.version}").state_dict()

@@ -5,6 +5,7 @@ dir, overrides, device). It ends FINISHED, FAILED (reason and traceback) or KILL
 stays RUNNING when the store cannot be told (its metrics kept in the journal).
 """
 
+import contextlib
 import logging
 import re
 import traceback
@@ -62,8 +63,7 @@ def run_params(cfg: DictConfig) -> dict[str, str]:
 
 
 def new_run(client: Any, experiment_id: str, cfg: DictConfig, output_dir: Path, tags: dict) -> str:
-    """Create the run, named and tagged (MLflow's own tags too: user, source, ...), with its
-    params; its id."""
+    """The id of a new run, named, tagged (MLflow's own tags too: user, source...), its params."""
     from mlflow.entities import Param
     from mlflow.tracking.context.registry import resolve_tags
 
@@ -79,9 +79,14 @@ def new_run(client: Any, experiment_id: str, cfg: DictConfig, output_dir: Path, 
         "config_digest": config_digest(cfg), **tags, **child,
     }  # fmt: skip
     run = client.create_run(experiment_id, tags=resolve_tags(all_tags), run_name=run_name)
-    params = [Param(k, v) for k, v in run_params(cfg).items()]
-    client.log_batch(run.info.run_id, params=params)
-    return run.info.run_id
+    run_id = run.info.run_id
+    try:
+        client.log_batch(run_id, params=[Param(k, v) for k, v in run_params(cfg).items()])
+    except BaseException:  # not left RUNNING: its watchdog does not watch it yet
+        with contextlib.suppress(Exception):
+            client.set_terminated(run_id, "FAILED")
+        raise
+    return run_id
 
 
 def reopen(client: Any, run_id: str) -> None:

@@ -38,28 +38,35 @@ def tracking_uri(cfg: DictConfig) -> str:
 
 
 def holds_runs(db: Path) -> bool:
-    """Whether the SQLite store `db` holds any run or registered model."""
-    with contextlib.closing(sqlite3.connect(db, timeout=30)) as con:
-        names = {row[0] for row in con.execute("SELECT name FROM sqlite_master")}
-        return any(con.execute(f"SELECT 1 FROM {t} LIMIT 1").fetchone()
-                   for t in ("runs", "registered_models") if t in names)  # fmt: skip
+    """Whether the SQLite store `db` holds a run or a registered model (or is no database)."""
+    try:
+        with contextlib.closing(sqlite3.connect(db, timeout=30)) as con:
+            names = {row[0] for row in con.execute("SELECT name FROM sqlite_master")}
+            return any(con.execute(f"SELECT 1 FROM {t} LIMIT 1").fetchone()
+                       for t in ("runs", "registered_models") if t in names)  # fmt: skip
+    except sqlite3.DatabaseError:  # check_sqlite says what to do with it
+        return True
 
 
 def adopt_old_store(folder: Path) -> Path:
-    """`folder`/mlflow.db, MLflow's default store; an older mnistlab's mlruns/mlflow.db there is
-    moved to it once (its artifacts stay in mlruns/), over an mlflow.db that holds no runs."""
+    """`folder`/mlflow.db, MLflow's default store, where an older mlruns/mlflow.db (and optuna.db)
+    moves once no process has it open (a runless mlflow.db is kept aside); until then, the old."""
     db, old = folder / "mlflow.db", folder / "mlruns" / "mlflow.db"
     if not old.is_file() or (db.exists() and holds_runs(db)):
         return db
-    with store_lock(db):
-        if old.is_file() and not (db.exists() and holds_runs(db)):
-            with contextlib.closing(sqlite3.connect(old, timeout=30)) as con:
-                con.execute("PRAGMA wal_checkpoint(TRUNCATE)")  # all of it in the one file
-            for suffix in ("-wal", "-shm"):
-                Path(f"{db}{suffix}").unlink(missing_ok=True)
-                Path(f"{old}{suffix}").unlink(missing_ok=True)
+    try:
+        with store_lock(db), contextlib.closing(sqlite3.connect(old, timeout=0)) as con:
+            # leaving WAL needs the only connection: it checkpoints and removes -wal and -shm
+            if con.execute("PRAGMA journal_mode=DELETE").fetchone()[0] != "delete":
+                return old
+            if db.exists():
+                os.replace(db, f"{db}.before-{time.strftime('%Y%m%d-%H%M%S')}")
             os.replace(old, db)
-            log.warning(f"Moved the store {old} to {db}, MLflow's default (artifacts stay put)")
+            if not (folder / "optuna.db").exists() and (old.parent / "optuna.db").exists():
+                os.replace(old.parent / "optuna.db", folder / "optuna.db")
+    except (OSError, sqlite3.OperationalError):  # in use, or a folder this user cannot write
+        return old
+    log.warning(f"Moved the store {old} to {db}, MLflow's default (artifacts stay put)")
     return db
 
 
@@ -309,12 +316,17 @@ def store_error(uri: str, err: Exception) -> UserError:
     )
 
 
+def not_pickle_note(record: logging.LogRecord) -> bool:
+    """False for MLflow's warning on the pickle format (chosen on purpose)."""
+    return "by Pickle" not in record.getMessage()
+
+
 def quiet_mlflow() -> None:
     """Silence MLflow's notes on what mnistlab chose on purpose: the system metrics monitor's
     comings and goings, a new store's tables, the pickle format, an ambiguous dataset source."""
     for name in ("mlflow.system_metrics", "mlflow.store.db.utils"):
         logging.getLogger(name).setLevel(logging.WARNING)
-    logging.getLogger("mlflow.pytorch").addFilter(lambda r: "by Pickle" not in r.getMessage())
+    logging.getLogger("mlflow.pytorch").addFilter(not_pickle_note)  # once: the same filter
     warnings.filterwarnings("ignore", "The specified dataset source can be interpreted")
 
 

@@ -173,9 +173,8 @@ class SweepCallback(Callback):
     """Opens the parent run before the jobs start and closes it, summarised, when they end."""
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
-        """Open (or reopen) the parent run before any job, claim the sweep dir, and tell the jobs
-        the run. Hydra turns a callback's exception into a warning and runs the jobs anyway: a
-        store that cannot be opened ends the command here, in one line."""
+        """Open (or reopen) the parent run before any job, claim the sweep dir, tell the jobs. Hydra
+        runs the jobs after a callback's exception: a store it cannot open ends the command here."""
         job_cfg = OmegaConf.masked_copy(config, [k for k in config if k != "hydra"])
         sweep_dir = Path(str(config.hydra.sweep.dir)).resolve()
         try:

@@ -152,9 +152,8 @@ class MlflowTracker:
             log.debug(f"last system metrics point skipped: {err}")
 
     def log_model(self, model: Any, example: Any) -> None:
-        """Log `model` as the MLflow model "model" of raw pixels (a RawImageModel), once the store
-        has all queued before it; tag the run with its URI. Pickled, this torch its one requirement:
-        MLflow's default export imports torch.export and pins every installed package."""
+        """Log `model` as MLflow model "model" of raw pixels (a RawImageModel), once the store has
+        all before it; tag its URI. Pickled, this torch its requirement (pt2: slower, pins all)."""
         import mlflow.pytorch
         import torch
         from mlflow.models import Model

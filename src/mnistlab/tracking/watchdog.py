@@ -105,11 +105,22 @@ class Claim:
         self.lock.close()
 
     @staticmethod
+    def held_before(folder: Path) -> bool:
+        """Whether a run held `folder` before (its lock file stays): it is not this run's."""
+        return (Path(folder) / LOCK_NAME).exists()
+
+    @staticmethod
     def discard(folder: Path, top: Path) -> None:
         """Remove `folder` if it holds nothing of a run's own (.hydra/, train.log, the lock) and
         no process holds it; then each folder above it this empties, up to `top` (kept)."""
-        folder, scaffold = folder.absolute(), {".hydra", "train.log", LOCK_NAME}
+        folder, top, scaffold = (
+            folder.absolute(),
+            top.absolute(),
+            {".hydra", "train.log", LOCK_NAME},
+        )
         if not folder.is_dir() or {p.name for p in folder.iterdir()} - scaffold:
+            return
+        if top.is_relative_to(folder):  # hydra.run=. : the launch folder itself
             return
         lock = hold_lock(folder, "training", wait_s=0)
         if lock is None:  # another process's run
@@ -117,7 +128,7 @@ class Claim:
         with lock:
             shutil.rmtree(folder, ignore_errors=True)
         with contextlib.suppress(OSError):  # a folder with anything in it stays
-            for parent in [p for p in folder.parents if top.absolute() in p.parents]:
+            for parent in [p for p in folder.parents if top in p.parents]:
                 parent.rmdir()
 
     def __enter__(self) -> "Claim":
