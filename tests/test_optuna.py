@@ -59,7 +59,8 @@ def test_a_study_persists_and_a_rerun_continues_it_with_parallel_trials(tmp_path
     for run in children:  # a child per trial, tagged with it, its params Optuna's suggestions
         trial = trials[int(run.data.tags["optuna.trial_number"])]
         assert trial.user_attrs["mlflow_run_id"] == run.info.run_id
-        assert float(run.data.params["lr"]) == trial.params["lr"]
+        assert float(run.data.params["lr"]) == trial.params["lr"]  # every digit in MLflow
+        assert f"lr={trial.params['lr']:.4g}" in run.info.run_name.split(",")  # 4 in the name
         assert run.data.params["optimizer"] == trial.params["optimizer"]
         assert run.data.params["batch_size"] == "256" and "batch_size" not in trial.params
         assert trial.value == max(v for _, v in history(client, run.info.run_id, "val/acc"))

@@ -226,7 +226,8 @@ def test_an_optuna_search_keeps_its_study_in_the_team_postgresql(team, tmp_path)
         assert settings["db_password"] not in output  # the storage URI's password is not shown
         import optuna
 
-        study = optuna.load_study(study_name="mnistlab", storage=storage)
+        (name,) = optuna.get_all_study_names(storage)  # one study: the fixed config's
+        study = optuna.load_study(study_name=name, storage=storage)
         assert [t.state.name for t in study.trials] == ["COMPLETE"] * trials
     children = [r for r in team.runs("search") if "mlflow.parentRunId" in r.data.tags]
     assert sorted(int(r.data.tags["optuna.trial_number"]) for r in children) == [0, 1, 2, 3]

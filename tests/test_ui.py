@@ -164,14 +164,18 @@ def test_the_experiment_opens_on_its_runs_and_the_sweeps_ranked_view_shows_what_
         while "ui-sweep" not in (text := driver.find_element(By.TAG_NAME, "body").text):
             assert time.monotonic() < deadline, f"the experiment did not open on its runs: {text}"
             time.sleep(0.5)
+        driver.get("about:blank")  # the link opened afresh, as from the terminal
         driver.get(view)
         names = sorted(acc, key=acc.get, reverse=True)  # best val acc first
-        while True:
+        while True:  # the shared view applied: its sort in the address, its columns shown
             text = driver.find_element(By.TAG_NAME, "body").text
-            if all(n in text for n in names) and "val/acc" in text and "lr" in text:
+            applied = "orderByKey=metrics" in driver.current_url and "\nval/acc\n" in text
+            if applied and all(n in text for n in names) and "\nlr\n" in text:
                 break
             assert time.monotonic() < deadline, f"the ranked view never showed: {text[-2000:]}"
             time.sleep(0.5)
+        time.sleep(2)  # let the table settle
+        text = driver.find_element(By.TAG_NAME, "body").text
         assert "ui-sweep" not in text.split("Run Name", 1)[-1]  # the jobs only, not their parent
         assert [text.index(n) for n in names] == sorted(text.index(n) for n in names), text
         time.sleep(2)

@@ -90,7 +90,7 @@ def short(override: str) -> str:
     """`key=value`, a long float value cut to 4 significant digits (an Optuna trial's lr)."""
     key, _, value = override.partition("=")
     with contextlib.suppress(ValueError):
-        value = f"{float(value):.4g}" if len(value) > 8 and "." in value else value
+        value = f"{float(value):.4g}" if len(value.partition(".")[2]) > 6 else value
     return f"{key}={value}"
 
 
