@@ -91,7 +91,9 @@ def test_the_runs_page_in_headless_chromium_lists_the_sweep(server):
     experiment = api(server, "experiments/get-by-name?experiment_name=mnistlab")["experiment"]
     driver = chromium()
     try:
-        driver.get(f"{server}/#/experiments/{experiment['experiment_id']}/runs")
+        driver.get(
+            f"{server}/#/experiments/{experiment['experiment_id']}/runs?workflowType=machine_learning"
+        )
 
         def page_text() -> str:
             return driver.find_element(By.TAG_NAME, "body").text
