@@ -95,15 +95,17 @@ def test_another_fixed_config_gets_its_own_study_and_the_command_line_grammar_wo
     # grammar (its fixed config differs: batch_size is searched, not 256, and data.noise is 90)
     first = run_cli([*OPTUNA, "epochs=1", "hydra.sweeper.n_trials=1"], cwd=tmp_path)
     assert first.returncode == 0, first.stderr[-3000:]
+    assert "to run; TPESampler searching" in first.stdout + first.stderr  # the default
     (old,) = optuna.get_all_study_names(f"sqlite:///{tmp_path}/optuna.db")
     fast = [a for a in FAST if not a.startswith("batch_size=")]
     grammar = ["-m", "hparams_search=optuna", *fast, "epochs=1", "data.noise=90",
                "hydra.sweeper.n_trials=2", "lr=tag(log, interval(1e-3, 1e-1))",
                "batch_size=choice(128, 256)",
                "optimizer=adam,sgd", "train.label_smoothing=range(0.0, 0.2, step=0.1)",
-               "hydra.sweeper.sampler.seed=7"]  # fmt: skip
+               "hydra/sweeper/sampler=random", "hydra.sweeper.sampler.seed=7"]  # fmt: skip
     second = run_cli(grammar, cwd=tmp_path)
     assert second.returncode == 0, second.stderr[-3000:]
+    assert "to run; RandomSampler searching" in second.stdout + second.stderr  # its group
     names = set(optuna.get_all_study_names(f"sqlite:///{tmp_path}/optuna.db")) - {old}
     assert len(names) == 1 and len(study(tmp_path, old).trials) == 1  # studies do not mix
     new = study(tmp_path, names.pop())

@@ -170,10 +170,10 @@ class MnistlabOptunaSweeper(Sweeper):
             log.warning(f"Optuna trial {dead.number} was left running by an earlier search "
                         "that stopped: FAIL")  # fmt: skip
             study.tell(dead.number, state=optuna.trial.TrialState.FAIL)
-        before = len(study.get_trials(deepcopy=False))
+        before, n = len(study.get_trials(deepcopy=False)), self.settings.n_trials
         study.sampler = self.make_sampler(before) or study.sampler
-        log.info(f"Optuna study {name} in {tracking.redact(url)}: {before} trials so far, "
-                 f"{self.settings.n_trials} to run; searching {sorted(space)}")  # fmt: skip
+        log.info(f"Optuna study {name} in {tracking.redact(url)}: {before} trials so far, {n} to "
+                 f"run; {type(study.sampler).__name__} searching {sorted(space)}")  # fmt: skip
         return study, space, fixed
 
     def make_sampler(self, trials_so_far: int) -> Any:
