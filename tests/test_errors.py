@@ -76,6 +76,7 @@ CANNOT_BUILD = ["model=cnn", "model.channels=[8,8,8,8,8]"]  # found in the job, 
         (["resume=/nonexistent/last.pth"], 2, "Error: resume=/nonexistent/last.pth: no such"),
         (["resume=garbage"], 2, "Error: resume=garbage: no such checkpoint file, run output"),
         (["--foo"], 2, "Error: --foo is not a flag of python -m train: give settings as key="),
+        (["-m", "lr=1e-3,1e-2", "--cfg", "job"], 2, "Error: -m does not combine with -c/--cfg/"),
         (
             ["batch_size=abc"],
             2,

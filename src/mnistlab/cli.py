@@ -26,19 +26,18 @@ CHECKED_ENV = "MNISTLAB_JOBS_CHECKED"  # set once every job's config passed `val
 MAX_CHECKED = 1000  # a sweep of more jobs is checked up to here; every job then checks itself
 
 EXTRAS = {"hydra/launcher=ray": "ray"}  # options that an optional extra of mnistlab installs
+PRINTERS = ("-c", "--cfg", "-i", "--info")  # Hydra's flags that print, and not with -m
 HYDRA_FLAGS = {  # Hydra's own command-line flags, with their short forms
-    *("-h", "--help", "--hydra-help", "--version", "-c", "--cfg", "--resolve", "-p"),
+    *("-h", "--help", "--hydra-help", "--version", *PRINTERS, "--resolve", "-p"),
     *("--package", "-r", "--run", "-m", "--multirun", "-sc", "--shell-completion", "-cp"),
     *("--config-path", "-cn", "--config-name", "-cd", "--config-dir", "--experimental-rerun"),
-    *("-i", "--info"),
 }
 
 register()
 
 
 def exit_on_error(err: BaseException) -> None:
-    """End the command for an error the user gets as one line ("Error: ..." on stderr, exit 2
-    for a mistake, 1 for a run that failed); return for any other, which the caller re-raises."""
+    """Exit on a user's error ("Error: ..."; 2, or 1 for a failed run); return for any other."""
     code = exit_code(err)
     if code is not None:
         print(f"Error: {err if code == 2 else one_line(err)}", file=sys.stderr)
@@ -136,9 +135,8 @@ def check_outputs(cfg: DictConfig, multirun: bool) -> None:
 
 
 def check_command_line(argv: list[str]) -> list[str]:
-    """Validate every job's config before Hydra starts and any MLflow run exists (UserError names
-    the first mistake); return the command line with marks for its jobs: their configs passed, and
-    how many share the cores (`tracking.threads_per_job`). Hydra's own flags are left to Hydra."""
+    """Validate every job's config before Hydra starts and any MLflow run (UserError: the first
+    mistake); return the command line with its jobs' marks. Hydra's own flags are left to Hydra."""
     from hydra.core.override_parser.overrides_parser import OverridesParser
     from hydra.errors import HydraException
     from omegaconf.errors import OmegaConfBaseException
@@ -150,6 +148,8 @@ def check_command_line(argv: list[str]) -> list[str]:
         if arg.startswith("-") and arg.split("=", 1)[0] not in HYDRA_FLAGS:
             raise UserError(f"{arg} is not a flag of python -m train: give settings as key=value "
                             "overrides (python -m train --help lists them)")  # fmt: skip
+    if multirun and set(PRINTERS) & set(overrides):  # Hydra would raise a ValueError
+        raise UserError(f"-m does not combine with {'/'.join(PRINTERS)}: drop -m to print a job's")
     if any(a.startswith("-") for a in overrides):
         return argv
     try:
